@@ -1,0 +1,290 @@
+//! Clients: references to actors, local or remote, behind the generated stubs.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+
+use crate::actor::{ActorError, ActorProtocol};
+use crate::protocol::{Encoding, ErrorCode, Metadata, Payload, RemoteError};
+use crate::system::ActorSystem;
+use crate::transport::{Transport, local::LocalRoute};
+
+/// A connection that carries serialized calls to remote actors: the one trait every network
+/// transport implements on the client side.
+pub trait Connection: Send + Sync + 'static {
+    /// The encoding the connection sends arguments in.
+    fn encoding(&self) -> Encoding;
+
+    /// Calls `method` of the actor `actor_id` with serialized `args`; resolves to the serialized
+    /// result or the error.
+    fn invoke<'a>(
+        &'a self,
+        actor_id: &'a str,
+        method: &'a str,
+        args: Payload,
+    ) -> BoxFuture<'a, Result<Payload, RemoteError>>;
+}
+
+/// When and how often a client reconnects after losing its connection.
+///
+/// The delay before attempt *n* (from 0) is `min(max_backoff, initial_backoff × 2ⁿ)`, of which a
+/// random half is taken off ("equal jitter") so that many clients do not reconnect in lockstep.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ReconnectPolicy {
+    /// The delay before the first attempt (default 50 ms).
+    pub initial_backoff: Duration,
+    /// The longest delay between attempts (default 5 s).
+    pub max_backoff: Duration,
+    /// How many attempts before the client gives up and fails every call with `unavailable`;
+    /// `None` (the default) tries forever.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        ReconnectPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            max_attempts: None,
+        }
+    }
+}
+
+impl ReconnectPolicy {
+    /// The delay before reconnect attempt `attempt` (counting from 0), jitter included.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = self
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(attempt.min(31)))
+            .min(self.max_backoff);
+        let half = base / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Settings of a client connection.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// How long one call may take, from the call to its answer, including any wait for a
+    /// reconnect (default 30 s). Past it the call fails with `timeout` (or `unavailable` if the
+    /// connection never came back) and the server is sent a `cancel`.
+    pub call_timeout: Duration,
+    /// How long opening a connection may take (default 10 s).
+    pub connect_timeout: Duration,
+    /// The encoding of the frames the client sends (default bincode; JSON is for debugging).
+    pub encoding: Encoding,
+    /// The largest frame the client sends or accepts (default 1 MiB).
+    pub max_frame_size: usize,
+    /// How many calls may be in flight on one connection before callers wait (default 1024).
+    pub max_in_flight: usize,
+    /// Reconnection after a lost connection.
+    pub reconnect: ReconnectPolicy,
+    /// Sent with every invocation (for example `authorization`).
+    pub metadata: Metadata,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            call_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            encoding: Encoding::Bincode,
+            max_frame_size: 1024 * 1024,
+            max_in_flight: 1024,
+            reconnect: ReconnectPolicy::default(),
+            metadata: Metadata::new(),
+        }
+    }
+}
+
+/// A client could not connect.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The address is not usable for the transport.
+    #[error("invalid address '{address}': {reason}")]
+    InvalidAddress {
+        /// The address given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Connecting failed.
+    #[error("cannot connect to {address}: {source}")]
+    Io {
+        /// The address connected to.
+        address: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A handle for calling actors over one [`Transport`]. Cheap to clone; the connection closes when
+/// the last clone (and the last actor stub made from it) is dropped.
+#[derive(Clone)]
+pub struct Client {
+    route: ClientRoute,
+}
+
+#[derive(Clone)]
+enum ClientRoute {
+    Local(ActorSystem),
+    Remote(Arc<dyn Connection>),
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.route {
+            ClientRoute::Local(_) => f.write_str("Client(Local)"),
+            ClientRoute::Remote(_) => f.write_str("Client(Remote)"),
+        }
+    }
+}
+
+impl Client {
+    pub(crate) async fn connect(
+        system: &ActorSystem,
+        transport: Transport,
+        config: ClientConfig,
+    ) -> Result<Client, ConnectError> {
+        let route = match transport {
+            Transport::Local => ClientRoute::Local(system.clone()),
+            Transport::WebSocket(url) => {
+                ClientRoute::Remote(crate::transport::websocket::connect(&url, config).await?)
+            }
+        };
+        Ok(Client { route })
+    }
+
+    /// A client over a connection of your own making (a custom transport).
+    pub fn from_connection(connection: Arc<dyn Connection>) -> Client {
+        Client {
+            route: ClientRoute::Remote(connection),
+        }
+    }
+
+    /// The stub for the actor exposed as `id`, e.g. `client.actor::<CounterClient>("counter")`.
+    ///
+    /// No message is sent here: an actor that does not exist shows as `unknown_actor` on the
+    /// first call.
+    pub fn actor<A: RemoteActor>(&self, id: impl Into<String>) -> A {
+        A::from_ref(self.actor_ref(id))
+    }
+
+    /// The untyped reference under every generated stub.
+    pub fn actor_ref<P: ActorProtocol>(&self, id: impl Into<String>) -> ActorRef<P> {
+        let id: Arc<str> = Arc::from(id.into());
+        let route = match &self.route {
+            ClientRoute::Local(system) => Route::Local(LocalRoute::new(system.clone())),
+            ClientRoute::Remote(connection) => Route::Remote(connection.clone()),
+        };
+        ActorRef { id, route }
+    }
+}
+
+/// A generated client stub (`CounterClient` for `trait Counter`).
+pub trait RemoteActor: Sized {
+    /// The protocol of the actor trait.
+    type Protocol: ActorProtocol;
+
+    /// The stub calling through `actor`.
+    fn from_ref(actor: ActorRef<Self::Protocol>) -> Self;
+
+    /// The reference the stub calls through.
+    fn actor_ref(&self) -> &ActorRef<Self::Protocol>;
+}
+
+/// A reference to one actor over one transport; generated stubs call through it.
+pub struct ActorRef<P: ActorProtocol> {
+    id: Arc<str>,
+    route: Route<P>,
+}
+
+enum Route<P: ActorProtocol> {
+    Local(LocalRoute<P>),
+    Remote(Arc<dyn Connection>),
+}
+
+impl<P: ActorProtocol> Clone for ActorRef<P> {
+    fn clone(&self) -> Self {
+        ActorRef {
+            id: self.id.clone(),
+            route: match &self.route {
+                Route::Local(local) => Route::Local(local.clone()),
+                Route::Remote(connection) => Route::Remote(connection.clone()),
+            },
+        }
+    }
+}
+
+impl<P: ActorProtocol> fmt::Debug for ActorRef<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let route = match self.route {
+            Route::Local(_) => "local",
+            Route::Remote(_) => "remote",
+        };
+        write!(f, "ActorRef<{}>({:?}, {route})", P::TRAIT_NAME, self.id)
+    }
+}
+
+impl<P: ActorProtocol> ActorRef<P> {
+    /// The id the actor is exposed under.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Sends `request` and waits for the answer; `extract` takes this method's result out of the
+    /// protocol's response (generated code passes a `match` on the method's variant).
+    ///
+    /// In-process, the request goes to the actor's mailbox as it is; remotely, it is encoded in
+    /// the connection's encoding and the result decoded as `T` (or the error as `E`).
+    pub async fn call<T, E>(
+        &self,
+        request: P::Request,
+        extract: fn(P::Response) -> Option<Result<T, E>>,
+    ) -> Result<T, E>
+    where
+        T: DeserializeOwned,
+        E: ActorError,
+    {
+        match &self.route {
+            Route::Local(local) => {
+                let response = local.ask(&self.id, request).await?;
+                extract(response).unwrap_or_else(|| {
+                    Err(RemoteError::internal("the actor answered another method").into())
+                })
+            }
+            Route::Remote(connection) => {
+                let (method, args) =
+                    P::encode_request(&request, connection.encoding()).map_err(|error| {
+                        RemoteError::bad_request(format!("cannot encode the arguments: {error}"))
+                    })?;
+                match connection.invoke(&self.id, method, args).await {
+                    Ok(result) => result.decode().map_err(|error| {
+                        RemoteError::internal(format!(
+                            "cannot decode the result of {}.{method}: {error}",
+                            self.id
+                        ))
+                        .into()
+                    }),
+                    Err(error) => Err(typed_error(error)),
+                }
+            }
+        }
+    }
+}
+
+/// The actor's own error when the remote error carries it, else the remote error converted.
+fn typed_error<E: ActorError>(error: RemoteError) -> E {
+    if error.code == ErrorCode::ActorError
+        && let Some(value) = error.data.as_ref().and_then(|data| data.decode::<E>().ok())
+    {
+        return value;
+    }
+    E::from(error)
+}

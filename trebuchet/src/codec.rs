@@ -1,0 +1,525 @@
+//! Turning [`Envelope`]s into frames and back, in either [`Encoding`].
+//!
+//! * JSON: one object per frame with a `"type"` field and camelCase fields, exactly as written in
+//!   `docs/PROTOCOL.md`. Unknown fields are ignored (so newer peers can add some).
+//! * Binary: the bincode 2 (standard configuration) encoding of the envelope: a varint variant
+//!   index (`invocation` = 0 … `cancel` = 7, in the order of [`Envelope`]), then the fields of that
+//!   variant in declaration order.
+//!
+//! Decoding never panics on hostile input; a frame that cannot be read gives a [`DecodeError`]
+//! that carries the `callId` whenever it could still be read, so the peer can be answered.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::protocol::{
+    Cancel, Encoding, Envelope, Invocation, Metadata, Payload, RemoteError, Response, StreamData,
+    StreamEnd, StreamError, StreamResume, StreamStart, bincode_config,
+};
+
+/// One transport message: the bytes of one envelope and how they are encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The encoding of `data` (on WebSocket: text → JSON, binary → bincode).
+    pub encoding: Encoding,
+    /// The encoded envelope.
+    pub data: Bytes,
+}
+
+/// An envelope could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// JSON encoding failed (for example a bincode payload inside a JSON frame).
+    #[error("cannot encode JSON frame: {0}")]
+    Json(#[from] serde_json::Error),
+    /// bincode encoding failed.
+    #[error("cannot encode binary frame: {0}")]
+    Bincode(#[from] bincode::error::EncodeError),
+}
+
+/// A frame could not be read as an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    /// The `callId` of the frame, when it could be read despite the error.
+    pub call_id: Option<u64>,
+    /// What was wrong with the frame.
+    pub message: String,
+}
+
+impl DecodeError {
+    fn new(call_id: Option<u64>, message: impl Into<String>) -> Self {
+        DecodeError {
+            call_id,
+            message: message.into(),
+        }
+    }
+
+    /// The `bad_request` error to send back to the peer.
+    pub fn to_remote_error(&self) -> RemoteError {
+        RemoteError::bad_request(self.message.clone())
+    }
+}
+
+/// Encodes `envelope` as one frame in `encoding`.
+pub fn encode(envelope: &Envelope, encoding: Encoding) -> Result<Frame, EncodeError> {
+    let data = match encoding {
+        Encoding::Json => Bytes::from(serde_json::to_vec(&JsonFrame::from_envelope(envelope)?)?),
+        Encoding::Bincode => Bytes::from(bincode::serde::encode_to_vec(
+            BinaryRef::from(envelope),
+            bincode_config(),
+        )?),
+    };
+    Ok(Frame { encoding, data })
+}
+
+/// Decodes one frame.
+pub fn decode(frame: &Frame) -> Result<Envelope, DecodeError> {
+    decode_bytes(&frame.data, frame.encoding)
+}
+
+/// Decodes one envelope from `bytes` in `encoding`.
+pub fn decode_bytes(bytes: &[u8], encoding: Encoding) -> Result<Envelope, DecodeError> {
+    match encoding {
+        Encoding::Json => decode_json(bytes),
+        Encoding::Bincode => decode_binary(bytes),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON
+
+/// The flat JSON shape of every envelope: `type` plus the fields of that type.
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct JsonFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call_id: Option<u64>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none")]
+    actor_id: Option<Cow<'a, str>>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none")]
+    method: Option<Cow<'a, str>>,
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    args: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Cow<'a, Metadata>>,
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    result: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<JsonError<'a>>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none")]
+    stream_id: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence_number: Option<u64>,
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_sequence: Option<u64>,
+}
+
+/// The JSON form of [`RemoteError`]: `data` is omitted when there is none.
+#[derive(Serialize, Deserialize)]
+struct JsonError<'a> {
+    code: crate::protocol::ErrorCode,
+    #[serde(borrow)]
+    message: Cow<'a, str>,
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    data: Option<&'a RawValue>,
+}
+
+/// A field that is present is `Some`, even when its value is `null` (`"result": null` is the
+/// result of a method returning `()`).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+impl<'a> JsonError<'a> {
+    fn from_remote(error: &'a RemoteError) -> Result<Self, serde_json::Error> {
+        Ok(JsonError {
+            code: error.code,
+            message: Cow::Borrowed(&error.message),
+            data: error.data.as_ref().map(Payload::raw_json).transpose()?,
+        })
+    }
+
+    fn into_remote(self) -> RemoteError {
+        RemoteError {
+            code: self.code,
+            message: self.message.into_owned(),
+            data: self.data.map(Payload::from_raw_json),
+        }
+    }
+}
+
+impl<'a> JsonFrame<'a> {
+    fn with_kind(kind: &'static str) -> Self {
+        JsonFrame {
+            kind: Cow::Borrowed(kind),
+            ..JsonFrame::default()
+        }
+    }
+
+    fn from_envelope(envelope: &'a Envelope) -> Result<Self, serde_json::Error> {
+        let mut frame = JsonFrame::with_kind(envelope.kind());
+        match envelope {
+            Envelope::Invocation(inv) => {
+                frame.call_id = Some(inv.call_id);
+                frame.actor_id = Some(Cow::Borrowed(&inv.actor_id));
+                frame.method = Some(Cow::Borrowed(&inv.method));
+                frame.args = Some(inv.args.raw_json()?);
+                frame.metadata = Some(Cow::Borrowed(&inv.metadata));
+            }
+            Envelope::Response(response) => {
+                frame.call_id = response.call_id;
+                match &response.outcome {
+                    Ok(result) => frame.result = Some(result.raw_json()?),
+                    Err(error) => frame.error = Some(JsonError::from_remote(error)?),
+                }
+            }
+            Envelope::StreamStart(start) => {
+                frame.call_id = Some(start.call_id);
+                frame.stream_id = Some(Cow::Borrowed(&start.stream_id));
+            }
+            Envelope::StreamData(item) => {
+                frame.stream_id = Some(Cow::Borrowed(&item.stream_id));
+                frame.sequence_number = Some(item.sequence_number);
+                frame.data = Some(item.data.raw_json()?);
+                frame.timestamp = Some(item.timestamp);
+            }
+            Envelope::StreamEnd(end) => frame.stream_id = Some(Cow::Borrowed(&end.stream_id)),
+            Envelope::StreamError(failure) => {
+                frame.stream_id = Some(Cow::Borrowed(&failure.stream_id));
+                frame.error = Some(JsonError::from_remote(&failure.error)?);
+            }
+            Envelope::StreamResume(resume) => {
+                frame.stream_id = Some(Cow::Borrowed(&resume.stream_id));
+                frame.last_sequence = Some(resume.last_sequence);
+                frame.actor_id = Some(Cow::Borrowed(&resume.actor_id));
+                frame.method = Some(Cow::Borrowed(&resume.method));
+                frame.args = Some(resume.args.raw_json()?);
+            }
+            Envelope::Cancel(cancel) => frame.call_id = Some(cancel.call_id),
+        }
+        Ok(frame)
+    }
+
+    fn into_envelope(self) -> Result<Envelope, DecodeError> {
+        let call_id = self.call_id;
+        let kind = self.kind.clone();
+        let missing = |field: &str| {
+            DecodeError::new(
+                call_id,
+                format!("malformed '{kind}' envelope: missing field '{field}'"),
+            )
+        };
+        let args = |raw: Option<&RawValue>| {
+            raw.map(Payload::from_raw_json)
+                .unwrap_or_else(|| Payload::empty_args(Encoding::Json))
+        };
+        Ok(match &*self.kind {
+            "invocation" => Envelope::Invocation(Invocation {
+                call_id: call_id.ok_or_else(|| missing("callId"))?,
+                actor_id: self
+                    .actor_id
+                    .ok_or_else(|| missing("actorId"))?
+                    .into_owned(),
+                method: self.method.ok_or_else(|| missing("method"))?.into_owned(),
+                args: args(self.args),
+                metadata: self.metadata.map(Cow::into_owned).unwrap_or_default(),
+            }),
+            "response" => {
+                let outcome = match (self.result, self.error) {
+                    (Some(result), None) => Ok(Payload::from_raw_json(result)),
+                    (None, Some(error)) => Err(error.into_remote()),
+                    _ => {
+                        return Err(DecodeError::new(
+                            call_id,
+                            "malformed 'response' envelope: exactly one of 'result' and 'error' is required",
+                        ));
+                    }
+                };
+                Envelope::Response(Response { call_id, outcome })
+            }
+            "streamStart" => Envelope::StreamStart(StreamStart {
+                call_id: call_id.ok_or_else(|| missing("callId"))?,
+                stream_id: self
+                    .stream_id
+                    .ok_or_else(|| missing("streamId"))?
+                    .into_owned(),
+            }),
+            "streamData" => Envelope::StreamData(StreamData {
+                stream_id: self
+                    .stream_id
+                    .ok_or_else(|| missing("streamId"))?
+                    .into_owned(),
+                sequence_number: self
+                    .sequence_number
+                    .ok_or_else(|| missing("sequenceNumber"))?,
+                data: Payload::from_raw_json(self.data.ok_or_else(|| missing("data"))?),
+                timestamp: self.timestamp.unwrap_or(0),
+            }),
+            "streamEnd" => Envelope::StreamEnd(StreamEnd {
+                stream_id: self
+                    .stream_id
+                    .ok_or_else(|| missing("streamId"))?
+                    .into_owned(),
+            }),
+            "streamError" => Envelope::StreamError(StreamError {
+                stream_id: self
+                    .stream_id
+                    .ok_or_else(|| missing("streamId"))?
+                    .into_owned(),
+                error: self.error.ok_or_else(|| missing("error"))?.into_remote(),
+            }),
+            "streamResume" => Envelope::StreamResume(StreamResume {
+                stream_id: self
+                    .stream_id
+                    .ok_or_else(|| missing("streamId"))?
+                    .into_owned(),
+                last_sequence: self.last_sequence.ok_or_else(|| missing("lastSequence"))?,
+                actor_id: self
+                    .actor_id
+                    .ok_or_else(|| missing("actorId"))?
+                    .into_owned(),
+                method: self.method.ok_or_else(|| missing("method"))?.into_owned(),
+                args: args(self.args),
+            }),
+            "cancel" => Envelope::Cancel(Cancel {
+                call_id: call_id.ok_or_else(|| missing("callId"))?,
+            }),
+            other => {
+                return Err(DecodeError::new(
+                    call_id,
+                    format!("unknown envelope type '{other}'"),
+                ));
+            }
+        })
+    }
+}
+
+/// Just the `callId` of a frame, to answer a frame that is otherwise malformed.
+#[derive(Deserialize)]
+struct CallIdOnly {
+    #[serde(rename = "callId")]
+    call_id: Option<u64>,
+}
+
+fn decode_json(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    match serde_json::from_slice::<JsonFrame<'_>>(bytes) {
+        Ok(frame) => frame.into_envelope(),
+        Err(error) => {
+            let call_id = serde_json::from_slice::<CallIdOnly>(bytes)
+                .ok()
+                .and_then(|only| only.call_id);
+            Err(DecodeError::new(
+                call_id,
+                format!("malformed JSON envelope: {error}"),
+            ))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Binary
+
+macro_rules! binary_envelope {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        /// The binary layout of [`Envelope`], borrowed for encoding.
+        #[derive(Serialize)]
+        enum BinaryRef<'a> { $($variant(&'a $ty)),* }
+
+        /// The binary layout of [`Envelope`], owned for decoding.
+        #[derive(Deserialize)]
+        enum BinaryOwned { $($variant($ty)),* }
+
+        impl<'a> From<&'a Envelope> for BinaryRef<'a> {
+            fn from(envelope: &'a Envelope) -> Self {
+                match envelope { $(Envelope::$variant(inner) => BinaryRef::$variant(inner)),* }
+            }
+        }
+
+        impl From<BinaryOwned> for Envelope {
+            fn from(envelope: BinaryOwned) -> Self {
+                match envelope { $(BinaryOwned::$variant(inner) => Envelope::$variant(inner)),* }
+            }
+        }
+    };
+}
+
+binary_envelope! {
+    Invocation(Invocation),
+    Response(Response),
+    StreamStart(StreamStart),
+    StreamData(StreamData),
+    StreamEnd(StreamEnd),
+    StreamError(StreamError),
+    StreamResume(StreamResume),
+    Cancel(Cancel),
+}
+
+fn decode_binary(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    match bincode::serde::decode_from_slice::<BinaryOwned, _>(bytes, bincode_config()) {
+        Ok((envelope, read)) if read == bytes.len() => Ok(envelope.into()),
+        Ok((_, read)) => Err(DecodeError::new(
+            binary_call_id(bytes),
+            format!(
+                "malformed binary envelope: {} trailing bytes",
+                bytes.len() - read
+            ),
+        )),
+        Err(error) => Err(DecodeError::new(
+            binary_call_id(bytes),
+            format!("malformed binary envelope: {error}"),
+        )),
+    }
+}
+
+/// The `callId` at the start of a binary envelope that carries one.
+fn binary_call_id(bytes: &[u8]) -> Option<u64> {
+    let config = bincode_config();
+    let (variant, _): (u32, usize) = bincode::serde::decode_from_slice(bytes, config).ok()?;
+    match variant {
+        // invocation, streamStart, cancel: the callId follows the variant index.
+        0 | 2 | 7 => bincode::serde::decode_from_slice::<(u32, u64), _>(bytes, config)
+            .ok()
+            .map(|((_, id), _)| id),
+        // response: an optional callId.
+        1 => bincode::serde::decode_from_slice::<(u32, Option<u64>), _>(bytes, config)
+            .ok()
+            .and_then(|((_, id), _)| id),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    fn json(text: &str) -> Result<Envelope, DecodeError> {
+        decode_bytes(text.as_bytes(), Encoding::Json)
+    }
+
+    #[test]
+    fn reads_the_protocol_examples() {
+        let inv = json(r#"{"type":"invocation","callId":7,"actorId":"counter","method":"increment","args":{"by":5},"metadata":{"authorization":"Bearer x"}}"#).unwrap();
+        let Envelope::Invocation(inv) = inv else {
+            panic!("not an invocation")
+        };
+        assert_eq!(inv.call_id, 7);
+        assert_eq!(inv.args.as_json_text(), Some(r#"{"by":5}"#));
+        assert_eq!(inv.metadata["authorization"], "Bearer x");
+
+        let ok = json(r#"{"type":"response","callId":7,"result":12}"#).unwrap();
+        assert_eq!(
+            ok,
+            Envelope::Response(Response {
+                call_id: Some(7),
+                outcome: Ok(Payload::from_json_text("12").unwrap()),
+            })
+        );
+        let err = json(r#"{"type":"response","callId":7,"error":{"code":"unknown_method","message":"counter has no method 'incremnt'"}}"#).unwrap();
+        let Envelope::Response(Response {
+            outcome: Err(error),
+            ..
+        }) = err
+        else {
+            panic!("not an error response")
+        };
+        assert_eq!(error.code, ErrorCode::UnknownMethod);
+        assert_eq!(error.data, None);
+    }
+
+    #[test]
+    fn null_result_is_a_result() {
+        let env = json(r#"{"type":"response","callId":1,"result":null}"#).unwrap();
+        let Envelope::Response(response) = env else {
+            panic!()
+        };
+        assert_eq!(response.outcome.unwrap().as_json_text(), Some("null"));
+    }
+
+    #[test]
+    fn missing_args_mean_no_arguments() {
+        let Envelope::Invocation(inv) =
+            json(r#"{"type":"invocation","callId":1,"actorId":"a","method":"get"}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(inv.args.as_json_text(), Some("{}"));
+    }
+
+    #[test]
+    fn writes_json_as_documented() {
+        let frame = encode(
+            &Envelope::Response(Response {
+                call_id: Some(3),
+                outcome: Err(RemoteError::bad_request("nope")),
+            }),
+            Encoding::Json,
+        )
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&frame.data).unwrap(),
+            r#"{"type":"response","callId":3,"error":{"code":"bad_request","message":"nope"}}"#
+        );
+    }
+
+    #[test]
+    fn malformed_json_reports_the_call_id_when_readable() {
+        let err = json(r#"{"type":"invocation","callId":9,"actorId":5}"#).unwrap_err();
+        assert_eq!(err.call_id, Some(9));
+        let err = json(r#"{"type":"invocation","callId":9}"#).unwrap_err();
+        assert_eq!(err.call_id, Some(9));
+        assert!(err.message.contains("actorId"), "{}", err.message);
+        let err = json("{not json").unwrap_err();
+        assert_eq!(err.call_id, None);
+        let err = json(r#"{"type":"party","callId":4}"#).unwrap_err();
+        assert_eq!(err.call_id, Some(4));
+        assert!(err.message.contains("party"));
+    }
+
+    #[test]
+    fn binary_errors_report_the_call_id_when_readable() {
+        let inv = Envelope::Invocation(Invocation {
+            call_id: 300,
+            actor_id: "a".into(),
+            method: "m".into(),
+            args: Payload::empty_args(Encoding::Bincode),
+            metadata: Metadata::new(),
+        });
+        let frame = encode(&inv, Encoding::Bincode).unwrap();
+        let truncated = &frame.data[..frame.data.len() - 1];
+        let err = decode_bytes(truncated, Encoding::Bincode).unwrap_err();
+        assert_eq!(err.call_id, Some(300));
+        let err = decode_bytes(&[0xff, 0xff, 0xff], Encoding::Bincode).unwrap_err();
+        assert_eq!(err.call_id, None);
+    }
+}

@@ -1,0 +1,521 @@
+//! The wire protocol (v1): envelopes, payloads and error codes.
+//!
+//! Every transport speaks these types; [`crate::codec`] turns them into JSON text frames or compact
+//! binary (bincode) frames. The normative description, written for clients in other languages, is
+//! `docs/PROTOCOL.md`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+/// The protocol version this crate speaks (sent in the TCP handshake, documented in PROTOCOL.md).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Free string map carried with an invocation to the server-side middleware
+/// (for example `authorization` and `traceparent`).
+pub type Metadata = BTreeMap<String, String>;
+
+/// How a frame, and the payloads inside it, are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Encoding {
+    /// JSON text (WebSocket text messages, Lambda payloads). Readable from any language.
+    Json,
+    /// bincode 2 with its standard configuration (WebSocket binary messages, TCP frames).
+    Bincode,
+}
+
+/// One protocol message. The JSON form is `{"type": "<variant>", ...}` with camelCase fields.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Envelope {
+    /// A call of an actor method (client → server).
+    Invocation(Invocation),
+    /// The answer to an invocation, or a connection-level error (server → client).
+    Response(Response),
+    /// The first answer to a call of a stream method (server → client).
+    StreamStart(StreamStart),
+    /// One item of a stream (server → client).
+    StreamData(StreamData),
+    /// The normal end of a stream (server → client).
+    StreamEnd(StreamEnd),
+    /// The end of a stream with an error (server → client).
+    StreamError(StreamError),
+    /// A request to continue a stream after a reconnect (client → server).
+    StreamResume(StreamResume),
+    /// A request to stop a call or stream in flight (client → server).
+    Cancel(Cancel),
+}
+
+impl Envelope {
+    /// The value of the JSON `type` field for this envelope.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Envelope::Invocation(_) => "invocation",
+            Envelope::Response(_) => "response",
+            Envelope::StreamStart(_) => "streamStart",
+            Envelope::StreamData(_) => "streamData",
+            Envelope::StreamEnd(_) => "streamEnd",
+            Envelope::StreamError(_) => "streamError",
+            Envelope::StreamResume(_) => "streamResume",
+            Envelope::Cancel(_) => "cancel",
+        }
+    }
+}
+
+/// A call of `method` on the actor exposed as `actor_id`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Invocation {
+    /// Chosen by the client, unique among its calls in flight on one connection.
+    pub call_id: u64,
+    /// The name the actor is exposed under.
+    pub actor_id: String,
+    /// The method name, as written in the actor trait.
+    pub method: String,
+    /// The arguments: in JSON an object from parameter names to values.
+    pub args: Payload,
+    /// Free string map for middleware (authorization, traceparent, …).
+    pub metadata: Metadata,
+}
+
+/// The outcome of an invocation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    /// The call this answers; `None` for an error about a frame whose `callId` could not be read.
+    pub call_id: Option<u64>,
+    /// The method's result, or the error.
+    pub outcome: Result<Payload, RemoteError>,
+}
+
+/// The first answer to a call of a stream method.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamStart {
+    /// The call that opened the stream.
+    pub call_id: u64,
+    /// The server-chosen id of the stream (a UUID in text form).
+    pub stream_id: String,
+}
+
+/// One item of a stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamData {
+    /// The stream this item belongs to.
+    pub stream_id: String,
+    /// 1, 2, 3, … without gaps.
+    pub sequence_number: u64,
+    /// The item.
+    pub data: Payload,
+    /// When the server produced the item, in milliseconds since the Unix epoch.
+    pub timestamp: u64,
+}
+
+/// The normal end of a stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamEnd {
+    /// The stream that ended.
+    pub stream_id: String,
+}
+
+/// The end of a stream with an error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamError {
+    /// The stream that failed.
+    pub stream_id: String,
+    /// Why it failed.
+    pub error: RemoteError,
+}
+
+/// A request to continue a stream after `last_sequence`, sent after a reconnect.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamResume {
+    /// The stream to continue.
+    pub stream_id: String,
+    /// The last sequence number the client has seen.
+    pub last_sequence: u64,
+    /// The actor of the original call (to start afresh if the stream cannot be resumed).
+    pub actor_id: String,
+    /// The method of the original call.
+    pub method: String,
+    /// The arguments of the original call.
+    pub args: Payload,
+}
+
+/// A request to stop the call `call_id`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cancel {
+    /// The call to stop.
+    pub call_id: u64,
+}
+
+/// A serialized value (arguments, a result, a stream item) in one of the two encodings.
+///
+/// A JSON payload holds JSON text; a bincode payload holds bincode bytes. Servers answer in the
+/// encoding of the request, so the two never need converting.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload {
+    encoding: Encoding,
+    bytes: Vec<u8>,
+}
+
+/// A value could not be turned into a [`Payload`] or read back from one.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    /// JSON serialization or deserialization failed.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// bincode serialization failed.
+    #[error("{0}")]
+    BincodeEncode(#[from] bincode::error::EncodeError),
+    /// bincode deserialization failed.
+    #[error("{0}")]
+    BincodeDecode(#[from] bincode::error::DecodeError),
+    /// Bytes were left over after the value was read.
+    #[error("{0} trailing bytes after the value")]
+    TrailingBytes(usize),
+}
+
+pub(crate) fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+impl Payload {
+    /// Serializes `value` in `encoding`.
+    pub fn encode<T: Serialize + ?Sized>(
+        value: &T,
+        encoding: Encoding,
+    ) -> Result<Payload, PayloadError> {
+        let bytes = match encoding {
+            Encoding::Json => serde_json::to_vec(value)?,
+            Encoding::Bincode => bincode::serde::encode_to_vec(value, bincode_config())?,
+        };
+        Ok(Payload { encoding, bytes })
+    }
+
+    /// Deserializes the payload as a `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        match self.encoding {
+            Encoding::Json => Ok(serde_json::from_slice(&self.bytes)?),
+            Encoding::Bincode => {
+                let (value, read) =
+                    bincode::serde::decode_from_slice(&self.bytes, bincode_config())?;
+                if read != self.bytes.len() {
+                    return Err(PayloadError::TrailingBytes(self.bytes.len() - read));
+                }
+                Ok(value)
+            }
+        }
+    }
+
+    /// A JSON payload from JSON text (checked to be one valid JSON value).
+    pub fn from_json_text(text: &str) -> Result<Payload, PayloadError> {
+        let raw: &RawValue = serde_json::from_str(text)?;
+        Ok(Payload::from_raw_json(raw))
+    }
+
+    pub(crate) fn from_raw_json(raw: &RawValue) -> Payload {
+        Payload {
+            encoding: Encoding::Json,
+            bytes: raw.get().as_bytes().to_vec(),
+        }
+    }
+
+    /// The empty argument list (`{}` in JSON) in `encoding`.
+    pub fn empty_args(encoding: Encoding) -> Payload {
+        match encoding {
+            Encoding::Json => Payload {
+                encoding,
+                bytes: b"{}".to_vec(),
+            },
+            Encoding::Bincode => Payload {
+                encoding,
+                bytes: Vec::new(),
+            },
+        }
+    }
+
+    /// The encoding of the payload.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// The serialized bytes (JSON text for a JSON payload).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The JSON text, for a JSON payload.
+    pub fn as_json_text(&self) -> Option<&str> {
+        match self.encoding {
+            Encoding::Json => std::str::from_utf8(&self.bytes).ok(),
+            Encoding::Bincode => None,
+        }
+    }
+
+    /// The size of the serialized value in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the serialized value is empty (a bincode unit value or empty argument list).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub(crate) fn raw_json(&self) -> Result<&RawValue, serde_json::Error> {
+        match self.as_json_text() {
+            Some(text) => serde_json::from_str(text),
+            None => Err(serde::ser::Error::custom(
+                "a bincode payload cannot be written into a JSON frame",
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.as_json_text() {
+            Some(text) => write!(f, "Payload::Json({text})"),
+            None => write!(
+                f,
+                "Payload::{:?}({} bytes)",
+                self.encoding,
+                self.bytes.len()
+            ),
+        }
+    }
+}
+
+/// In JSON a payload is the JSON value itself; in bincode it is its encoding tag and bytes.
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            let raw = self.raw_json().map_err(serde::ser::Error::custom)?;
+            raw.serialize(serializer)
+        } else {
+            (self.encoding, serde_bytes_ref(&self.bytes)).serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let raw = Box::<RawValue>::deserialize(deserializer)?;
+            Ok(Payload::from_raw_json(&raw))
+        } else {
+            let (encoding, bytes): (Encoding, ByteBuf) = Deserialize::deserialize(deserializer)?;
+            Ok(Payload {
+                encoding,
+                bytes: bytes.0,
+            })
+        }
+    }
+}
+
+/// Serializes a byte slice with `serialize_bytes` (a length and the bytes, not a sequence).
+fn serde_bytes_ref(bytes: &[u8]) -> BytesRef<'_> {
+    BytesRef(bytes)
+}
+
+struct BytesRef<'a>(&'a [u8]);
+
+impl Serialize for BytesRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+struct ByteBuf(Vec<u8>);
+
+impl<'de> Deserialize<'de> for ByteBuf {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v))
+            }
+        }
+        deserializer.deserialize_byte_buf(Visitor)
+    }
+}
+
+/// The error codes of the protocol (`"code"` in an error object).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A malformed envelope or malformed arguments.
+    BadRequest,
+    /// No actor is exposed under that id.
+    UnknownActor,
+    /// The actor has no method of that name.
+    UnknownMethod,
+    /// Credentials are missing or invalid.
+    Unauthenticated,
+    /// The principal may not make this call.
+    Forbidden,
+    /// Too many calls; retry later.
+    RateLimited,
+    /// A frame or payload over the configured limit.
+    PayloadTooLarge,
+    /// The call did not finish in time.
+    Timeout,
+    /// Optimistic concurrency lost after retries.
+    Conflict,
+    /// The actor or the server cannot be reached (for example, the connection is down).
+    Unavailable,
+    /// The actor's own error, with its message.
+    ActorError,
+    /// A bug or an unexpected failure on the server.
+    Internal,
+    /// A code this version does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The wire name of the code, e.g. `"unknown_method"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownActor => "unknown_actor",
+            ErrorCode::UnknownMethod => "unknown_method",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::ActorError => "actor_error",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error as it travels on the wire: a code, a message and, for `actor_error`, optionally the
+/// actor's own error value (`data`) so a Rust client can rebuild the typed error.
+///
+/// Every actor method's error type converts from `RemoteError` (see [`crate::ActorError`]), which
+/// is how transport failures reach the caller.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RemoteError {
+    /// What kind of failure this is.
+    pub code: ErrorCode,
+    /// A human-readable description.
+    pub message: String,
+    /// The actor's error value, serialized (only with [`ErrorCode::ActorError`]).
+    #[serde(default)]
+    pub data: Option<Payload>,
+}
+
+impl RemoteError {
+    /// An error with `code` and `message` and no data.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RemoteError {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// A `bad_request` error.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    /// An `unavailable` error.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+
+    /// A `timeout` error.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Timeout, message)
+    }
+
+    /// An `internal` error.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+
+    /// An `actor_error` carrying the actor's own error value, serialized in `encoding`.
+    pub fn from_actor_error<E: fmt::Display + Serialize>(error: &E, encoding: Encoding) -> Self {
+        RemoteError {
+            code: ErrorCode::ActorError,
+            message: error.to_string(),
+            data: Payload::encode(error, encoding).ok(),
+        }
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_roundtrips_in_both_encodings() {
+        for encoding in [Encoding::Json, Encoding::Bincode] {
+            let payload = Payload::encode(&(5u64, "x"), encoding).unwrap();
+            assert_eq!(payload.encoding(), encoding);
+            let back: (u64, String) = payload.decode().unwrap();
+            assert_eq!(back, (5, "x".to_string()));
+        }
+    }
+
+    #[test]
+    fn bincode_payload_rejects_trailing_bytes() {
+        let mut payload = Payload::encode(&1u8, Encoding::Bincode).unwrap();
+        payload.bytes.push(0);
+        assert!(matches!(
+            payload.decode::<u8>(),
+            Err(PayloadError::TrailingBytes(1))
+        ));
+    }
+
+    #[test]
+    fn error_codes_use_their_wire_names() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::UnknownActor,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::ActorError,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+        let unknown: ErrorCode = serde_json::from_str("\"from_the_future\"").unwrap();
+        assert_eq!(unknown, ErrorCode::Unknown);
+    }
+}

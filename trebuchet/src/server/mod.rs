@@ -1,0 +1,184 @@
+//! The server side: exposed actors as a tower [`Service`], and the connection loop every network
+//! transport runs.
+//!
+//! [`ActorService`] turns a [`Call`] into the method's serialized result. Because it is an
+//! ordinary `tower::Service`, middleware (authentication, rate limits, tracing…) are ordinary
+//! `tower::Layer`s wrapped around it, e.g. with `tower::ServiceBuilder`, and the same stack serves
+//! every transport.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+
+use crate::protocol::{ErrorCode, Invocation, Payload, RemoteError};
+use crate::system::ActorSystem;
+
+pub(crate) mod connection;
+
+/// One invocation as it reaches the service, with what is known of the connection it came on.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// The invocation envelope.
+    pub invocation: Invocation,
+    /// The connection the invocation arrived on.
+    pub connection: Arc<ConnectionInfo>,
+}
+
+/// What a server knows about a client connection (shared by all its calls).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The transport's name: `"websocket"`, `"tcp"`, …
+    pub transport: &'static str,
+    /// The client's address, when the transport has one.
+    pub peer_addr: Option<SocketAddr>,
+    /// The HTTP upgrade request's URI (WebSocket), e.g. `/?token=…`.
+    pub uri: Option<http::Uri>,
+    /// The HTTP upgrade request's headers (WebSocket), e.g. `authorization`.
+    pub headers: http::HeaderMap,
+}
+
+/// The exposed actors of an [`ActorSystem`] as a tower `Service<Call>`.
+///
+/// Answers `unknown_actor` for an id nothing is exposed under, `unknown_method` and
+/// `bad_request` from the actor's protocol, and otherwise the method's outcome.
+#[derive(Clone)]
+pub struct ActorService {
+    system: ActorSystem,
+}
+
+impl ActorService {
+    /// The service of `system`.
+    pub fn new(system: ActorSystem) -> Self {
+        ActorService { system }
+    }
+}
+
+impl Service<Call> for ActorService {
+    type Response = Payload;
+    type Error = RemoteError;
+    type Future = BoxFuture<'static, Result<Payload, RemoteError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), RemoteError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        let invocation = &call.invocation;
+        match self.system.lookup(&invocation.actor_id) {
+            Some(actor) => {
+                actor.dispatch(&invocation.actor_id, &invocation.method, &invocation.args)
+            }
+            None => {
+                let error = RemoteError::new(
+                    ErrorCode::UnknownActor,
+                    format!("no actor is exposed as '{}'", invocation.actor_id),
+                );
+                Box::pin(std::future::ready(Err(error)))
+            }
+        }
+    }
+}
+
+/// Settings shared by the network servers.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// The largest frame accepted or sent (default 1 MiB). A larger incoming frame is answered
+    /// with `payload_too_large` and the connection is closed; a larger result is replaced by a
+    /// `payload_too_large` error.
+    pub max_frame_size: usize,
+    /// How many calls of one connection may be in flight before the server stops reading from it
+    /// (default 1024).
+    pub max_in_flight_per_connection: usize,
+    /// How long a connection may take to complete its handshake (default 10 s).
+    pub handshake_timeout: Duration,
+    /// On shutdown, how long calls in flight may take to finish before connections are dropped
+    /// (default 10 s).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_frame_size: 1024 * 1024,
+            max_in_flight_per_connection: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running server. Dropping it starts a shutdown without waiting for it;
+/// [`shutdown`](Self::shutdown) waits.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    url: String,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+    accept_loop: Option<JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl ServerHandle {
+    pub(crate) fn new(
+        local_addr: SocketAddr,
+        url: String,
+        shutdown: CancellationToken,
+        connections: TaskTracker,
+        accept_loop: JoinHandle<()>,
+        grace: Duration,
+    ) -> Self {
+        ServerHandle {
+            local_addr,
+            url,
+            shutdown,
+            connections,
+            accept_loop: Some(accept_loop),
+            grace,
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The URL clients connect to, e.g. `ws://127.0.0.1:9090/`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Graceful shutdown: stops accepting connections and reading new calls, lets the calls in
+    /// flight finish and sends their answers (for at most the configured grace period), then
+    /// closes every connection.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Some(accept_loop) = self.accept_loop.take() {
+            let _ = accept_loop.await;
+        }
+        self.connections.close();
+        // Each connection enforces the grace period itself; this bound only guards against a
+        // connection stuck in a write to a peer that stopped reading.
+        let bound = self.grace + Duration::from_secs(1);
+        if tokio::time::timeout(bound, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "connections still open after the shutdown grace period");
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,64 @@
+//! Transports: how calls travel between a client and the actors.
+//!
+//! | variant | module | encoding | notes |
+//! |---|---|---|---|
+//! | [`Transport::Local`] | [`local`] | none (typed messages) | same process, straight into the actor's mailbox |
+//! | [`Transport::WebSocket`] | [`websocket`] | bincode (binary frames) or JSON (text frames) | one multiplexed connection per client |
+//!
+//! Network transports differ only in framing: they turn their byte stream into [`Frame`]s, and
+//! the shared client ([`crate::client::Connection`]) and server connection loops do the rest.
+
+use std::io;
+
+use futures_util::{Sink, Stream};
+
+pub use crate::codec::Frame;
+
+pub mod local;
+pub mod websocket;
+
+/// Where a [`crate::Client`] sends its calls. Chosen at run time, so the same actor code runs on
+/// every transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// The actors of the [`crate::ActorSystem`] the client was made from, in this process.
+    Local,
+    /// A Trebuchet WebSocket server, e.g. `ws://127.0.0.1:9090/`.
+    WebSocket(String),
+}
+
+/// A transport-level failure of a frame stream.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer sent a frame over the configured limit. The connection must be closed: the
+    /// framing cannot be trusted after it.
+    #[error("frame of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The announced size of the frame.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The peer broke the transport's framing rules.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The underlying connection failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A duplex stream of frames: what a network transport provides to the shared connection code.
+pub(crate) trait FrameIo:
+    Stream<Item = Result<Frame, FrameError>> + Sink<Frame, Error = FrameError> + Unpin + Send + 'static
+{
+}
+
+impl<T> FrameIo for T where
+    T: Stream<Item = Result<Frame, FrameError>>
+        + Sink<Frame, Error = FrameError>
+        + Unpin
+        + Send
+        + 'static
+{
+}

@@ -1,0 +1,330 @@
+//! The WebSocket transport (tokio-tungstenite).
+//!
+//! One envelope per message: text messages carry JSON, binary messages carry bincode. The server
+//! answers each frame in the encoding it came in; the Rust client sends binary frames unless
+//! configured otherwise. Both ends enforce the frame limit before reading a frame's payload.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes, error::CapacityError};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+
+use crate::client::{ClientConfig, ConnectError, Connection};
+use crate::codec::Frame;
+use crate::multiplex::{Connector, Multiplexed};
+use crate::protocol::{Encoding, Payload, RemoteError};
+use crate::server::connection::serve_connection;
+use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
+use crate::transport::FrameError;
+
+/// A WebSocket connection seen as a duplex stream of [`Frame`]s.
+pub struct WebSocketFrames<S> {
+    socket: WebSocketStream<S>,
+}
+
+impl<S> WebSocketFrames<S> {
+    /// Wraps an established WebSocket connection.
+    pub fn new(socket: WebSocketStream<S>) -> Self {
+        WebSocketFrames { socket }
+    }
+}
+
+fn frame_error(error: tungstenite::Error) -> Option<FrameError> {
+    match error {
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => None,
+        tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            Some(FrameError::TooLarge {
+                size,
+                max: max_size,
+            })
+        }
+        tungstenite::Error::Io(error) => Some(FrameError::Io(error)),
+        other => Some(FrameError::Protocol(other.to_string())),
+    }
+}
+
+fn sink_error(error: tungstenite::Error) -> FrameError {
+    frame_error(error).unwrap_or_else(|| {
+        FrameError::Io(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the WebSocket is closed",
+        ))
+    })
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocketFrames<S> {
+    type Item = Result<Frame, FrameError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let message = match ready!(Pin::new(&mut self.socket).poll_next(cx)) {
+                None => return Poll::Ready(None),
+                Some(Err(error)) => return Poll::Ready(frame_error(error).map(Err)),
+                Some(Ok(message)) => message,
+            };
+            let frame = match message {
+                Message::Text(text) => Frame {
+                    encoding: Encoding::Json,
+                    data: text.into(),
+                },
+                Message::Binary(data) => Frame {
+                    encoding: Encoding::Bincode,
+                    data,
+                },
+                Message::Close(_) => return Poll::Ready(None),
+                // Pings are answered by tungstenite itself.
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            };
+            return Poll::Ready(Some(Ok(frame)));
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Frame> for WebSocketFrames<S> {
+    type Error = FrameError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+        Pin::new(&mut self.socket)
+            .poll_ready(cx)
+            .map_err(sink_error)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, frame: Frame) -> Result<(), FrameError> {
+        let message = match frame.encoding {
+            Encoding::Json => Message::Text(
+                Utf8Bytes::try_from(frame.data)
+                    .map_err(|error| FrameError::Protocol(error.to_string()))?,
+            ),
+            Encoding::Bincode => Message::Binary(frame.data),
+        };
+        Pin::new(&mut self.socket)
+            .start_send(message)
+            .map_err(sink_error)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+        Pin::new(&mut self.socket)
+            .poll_flush(cx)
+            .map_err(sink_error)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+        Pin::new(&mut self.socket)
+            .poll_close(cx)
+            .map_err(sink_error)
+    }
+}
+
+fn websocket_config(max_frame_size: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_frame_size))
+        .max_frame_size(Some(max_frame_size))
+        .write_buffer_size(0)
+}
+
+/// Serves `service` over WebSocket on `addr` (port 0 picks a free port) until the returned
+/// handle is shut down or dropped. Every connection gets its own clone of `service`.
+pub async fn serve<S>(
+    addr: SocketAddr,
+    service: S,
+    config: ServerConfig,
+) -> io::Result<ServerHandle>
+where
+    S: Service<Call, Response = Payload, Error = RemoteError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind(addr).await?;
+    serve_listener(listener, service, config)
+}
+
+/// Serves `service` over WebSocket on an already bound listener.
+pub fn serve_listener<S>(
+    listener: TcpListener,
+    service: S,
+    config: ServerConfig,
+) -> io::Result<ServerHandle>
+where
+    S: Service<Call, Response = Payload, Error = RemoteError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let local_addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let accept_loop = tokio::spawn(accept_loop(
+        listener,
+        service,
+        config.clone(),
+        shutdown.clone(),
+        connections.clone(),
+    ));
+    tracing::info!(%local_addr, "WebSocket server listening");
+    Ok(ServerHandle::new(
+        local_addr,
+        format!("ws://{local_addr}/"),
+        shutdown,
+        connections,
+        accept_loop,
+        config.shutdown_grace,
+    ))
+}
+
+async fn accept_loop<S>(
+    listener: TcpListener,
+    service: S,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+) where
+    S: Service<Call, Response = Payload, Error = RemoteError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer_addr)) => {
+                connections.spawn(serve_socket(
+                    stream,
+                    peer_addr,
+                    service.clone(),
+                    config.clone(),
+                    shutdown.child_token(),
+                ));
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: wait a little rather than spin.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_socket<S>(
+    stream: TcpStream,
+    peer_addr: SocketAddr,
+    service: S,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) where
+    S: Service<Call, Response = Payload, Error = RemoteError> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let mut upgrade = None;
+    #[allow(clippy::result_large_err)] // the error type is tungstenite's
+    let callback = |request: &Request, response: Response| {
+        upgrade = Some((request.uri().clone(), request.headers().clone()));
+        Ok(response)
+    };
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(websocket_config(config.max_frame_size)),
+    );
+    let socket = match tokio::time::timeout(config.handshake_timeout, handshake).await {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer_addr, %error, "WebSocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer_addr, "WebSocket handshake timed out");
+            return;
+        }
+    };
+    let (uri, headers) = upgrade.unzip();
+    let connection = Arc::new(ConnectionInfo {
+        transport: "websocket",
+        peer_addr: Some(peer_addr),
+        uri,
+        headers: headers.unwrap_or_default(),
+    });
+    tracing::debug!(%peer_addr, "WebSocket connection open");
+    serve_connection(
+        WebSocketFrames::new(socket),
+        service,
+        connection,
+        config,
+        shutdown,
+    )
+    .await;
+    tracing::debug!(%peer_addr, "WebSocket connection closed");
+}
+
+/// Opens WebSocket connections to one URL.
+struct WebSocketConnector {
+    url: String,
+    max_frame_size: usize,
+}
+
+impl Connector for WebSocketConnector {
+    type Io = WebSocketFrames<MaybeTlsStream<TcpStream>>;
+
+    fn peer(&self) -> &str {
+        &self.url
+    }
+
+    async fn connect(&self) -> io::Result<Self::Io> {
+        let (socket, _response) = tokio_tungstenite::connect_async_with_config(
+            self.url.as_str(),
+            Some(websocket_config(self.max_frame_size)),
+            true,
+        )
+        .await
+        .map_err(|error| match error {
+            tungstenite::Error::Io(error) => error,
+            other => io::Error::other(other.to_string()),
+        })?;
+        Ok(WebSocketFrames::new(socket))
+    }
+}
+
+/// Connects a multiplexed, reconnecting client to the server at `url` (`ws://host:port/path`).
+pub(crate) async fn connect(
+    url: &str,
+    config: ClientConfig,
+) -> Result<Arc<dyn Connection>, ConnectError> {
+    let invalid = |reason: String| ConnectError::InvalidAddress {
+        address: url.to_owned(),
+        reason,
+    };
+    let request = url
+        .into_client_request()
+        .map_err(|error| invalid(error.to_string()))?;
+    match request.uri().scheme_str() {
+        Some("ws") => {}
+        Some("wss") => {
+            return Err(invalid(
+                "wss:// (TLS) is not supported yet; terminate TLS in front of the server".into(),
+            ));
+        }
+        _ => return Err(invalid("the URL must start with ws://".into())),
+    }
+    let connector = WebSocketConnector {
+        url: url.to_owned(),
+        max_frame_size: config.max_frame_size,
+    };
+    let connection = Multiplexed::connect(connector, config)
+        .await
+        .map_err(|source| ConnectError::Io {
+            address: url.to_owned(),
+            source,
+        })?;
+    Ok(Arc::new(connection))
+}
