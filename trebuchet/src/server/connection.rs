@@ -45,6 +45,9 @@ pub(crate) async fn serve_connection<Io, S>(
     let mut draining = false;
 
     loop {
+        if draining && in_flight.is_empty() {
+            break;
+        }
         tokio::select! {
             biased;
             Some((call_id, encoding, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -139,7 +142,6 @@ pub(crate) async fn serve_connection<Io, S>(
                     }
                 }
             }
-            else => break,
         }
     }
     let _ = io.close().await;

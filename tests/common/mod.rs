@@ -1,0 +1,220 @@
+//! Actors and a test bed shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use trebuchet::{
+    ActorSystem, Client, ClientConfig, Encoding, RemoteError, ServerHandle, Transport,
+    distributed_actor,
+};
+
+/// The error of the test actors.
+#[derive(Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
+pub enum ProbeError {
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl ProbeError {
+    /// The remote error code, if this is a transport/framework failure.
+    pub fn code(&self) -> Option<trebuchet::ErrorCode> {
+        match self {
+            ProbeError::Remote(error) => Some(error.code),
+            ProbeError::Refused(_) => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub x: i32,
+    pub y: i32,
+    pub label: Option<String>,
+}
+
+/// An actor with one method for each shape of call the suite checks.
+#[distributed_actor]
+pub trait Probe {
+    async fn echo(&self, text: String) -> Result<String, ProbeError>;
+    async fn add(&self, a: i64, b: i64, scale: Option<i64>) -> Result<i64, ProbeError>;
+    async fn mirror(&self, point: Point) -> Result<Point, ProbeError>;
+    async fn record(&self, seq: u64) -> Result<(), ProbeError>;
+    async fn history(&self) -> Result<Vec<u64>, ProbeError>;
+    async fn refuse(&self, reason: String) -> Result<(), ProbeError>;
+    async fn sleep_ms(&self, ms: u64) -> Result<u64, ProbeError>;
+    async fn explode(&self) -> Result<(), ProbeError>;
+    async fn blob(&self, len: u64) -> Result<Vec<u8>, ProbeError>;
+    async fn count_calls(&self) -> Result<u64, ProbeError>;
+}
+
+#[derive(Default)]
+pub struct ProbeActor {
+    history: Mutex<Vec<u64>>,
+    calls: AtomicU64,
+    busy: AtomicU64,
+}
+
+impl ProbeActor {
+    fn enter(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        // Actor semantics: never two calls at once.
+        assert_eq!(
+            self.busy.fetch_add(1, Ordering::SeqCst),
+            0,
+            "two calls ran at once"
+        );
+    }
+    fn leave(&self) {
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Probe for ProbeActor {
+    async fn echo(&self, text: String) -> Result<String, ProbeError> {
+        self.enter();
+        self.leave();
+        Ok(text)
+    }
+    async fn add(&self, a: i64, b: i64, scale: Option<i64>) -> Result<i64, ProbeError> {
+        Ok((a + b) * scale.unwrap_or(1))
+    }
+    async fn mirror(&self, point: Point) -> Result<Point, ProbeError> {
+        Ok(Point {
+            x: -point.x,
+            y: -point.y,
+            label: point.label,
+        })
+    }
+    async fn record(&self, seq: u64) -> Result<(), ProbeError> {
+        self.enter();
+        // Yield so that a second call, if it were allowed to start, would overlap.
+        tokio::task::yield_now().await;
+        self.history.lock().unwrap().push(seq);
+        self.leave();
+        Ok(())
+    }
+    async fn history(&self) -> Result<Vec<u64>, ProbeError> {
+        Ok(self.history.lock().unwrap().clone())
+    }
+    async fn refuse(&self, reason: String) -> Result<(), ProbeError> {
+        Err(ProbeError::Refused(reason))
+    }
+    async fn sleep_ms(&self, ms: u64) -> Result<u64, ProbeError> {
+        self.enter();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.leave();
+        Ok(ms)
+    }
+    async fn explode(&self) -> Result<(), ProbeError> {
+        panic!("boom");
+    }
+    async fn blob(&self, len: u64) -> Result<Vec<u8>, ProbeError> {
+        Ok(vec![7; len as usize])
+    }
+    async fn count_calls(&self) -> Result<u64, ProbeError> {
+        Ok(self.calls.load(Ordering::SeqCst))
+    }
+}
+
+/// The counter of the README, with a typed error.
+#[derive(Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
+pub enum CounterError {
+    #[error("overflow")]
+    Overflow,
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+#[distributed_actor]
+pub trait Counter {
+    async fn increment(&self, by: u64) -> Result<u64, CounterError>;
+    async fn get(&self) -> Result<u64, CounterError>;
+}
+
+#[derive(Default)]
+pub struct MemoryCounter(AtomicU64);
+
+impl Counter for MemoryCounter {
+    async fn increment(&self, by: u64) -> Result<u64, CounterError> {
+        let value = self
+            .0
+            .load(Ordering::SeqCst)
+            .checked_add(by)
+            .ok_or(CounterError::Overflow)?;
+        tokio::task::yield_now().await;
+        self.0.store(value, Ordering::SeqCst);
+        Ok(value)
+    }
+    async fn get(&self) -> Result<u64, CounterError> {
+        Ok(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// Which transport a test bed uses.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Local,
+    WebSocketBincode,
+    WebSocketJson,
+}
+
+/// An actor system with `probe`, `slow` (another Probe) and `counter` exposed, and a client to it
+/// over one transport.
+pub struct Bed {
+    pub system: ActorSystem,
+    pub server: Option<ServerHandle>,
+    pub client: Client,
+}
+
+impl Bed {
+    pub async fn start(kind: Kind) -> Bed {
+        Bed::start_with(kind, ClientConfig::default()).await
+    }
+
+    pub async fn start_with(kind: Kind, mut config: ClientConfig) -> Bed {
+        let system = ActorSystem::new();
+        system
+            .expose("probe", ProbeActor::default().into_actor())
+            .unwrap();
+        system
+            .expose("slow", ProbeActor::default().into_actor())
+            .unwrap();
+        system
+            .expose("counter", MemoryCounter::default().into_actor())
+            .unwrap();
+        let (server, transport) = match kind {
+            Kind::Local => (None, Transport::Local),
+            Kind::WebSocketBincode | Kind::WebSocketJson => {
+                config.encoding = match kind {
+                    Kind::WebSocketJson => Encoding::Json,
+                    _ => Encoding::Bincode,
+                };
+                let server = system
+                    .serve_websocket("127.0.0.1:0".parse().unwrap())
+                    .await
+                    .unwrap();
+                let url = server.url().to_owned();
+                (Some(server), Transport::WebSocket(url))
+            }
+        };
+        let client = system.connect_with(transport, config).await.unwrap();
+        Bed {
+            system,
+            server,
+            client,
+        }
+    }
+
+    pub fn probe(&self) -> ProbeClient {
+        self.client.actor("probe")
+    }
+
+    pub fn counter(&self) -> CounterClient {
+        self.client.actor("counter")
+    }
+}

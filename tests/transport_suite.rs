@@ -1,0 +1,183 @@
+//! The same scenarios over every transport: in-process, WebSocket with bincode frames, and
+//! WebSocket with JSON frames. Each scenario is written once, as a function of a test bed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::future::join_all;
+use trebuchet::{ErrorCode, RemoteActor};
+
+/// Works with anything that implements the actor trait: the actor itself or any stub.
+async fn play(counter: &impl Counter) -> Result<u64, CounterError> {
+    counter.increment(2).await?;
+    counter.increment(3).await?;
+    counter.get().await
+}
+
+async fn calls_with_any_arguments(bed: Bed) {
+    let probe = bed.probe();
+    assert_eq!(probe.echo("héllo ✓".into()).await.unwrap(), "héllo ✓");
+    assert_eq!(probe.add(2, 3, None).await.unwrap(), 5);
+    assert_eq!(probe.add(2, 3, Some(-4)).await.unwrap(), -20);
+    let point = Point {
+        x: 1,
+        y: -2,
+        label: Some("p".into()),
+    };
+    assert_eq!(
+        probe.mirror(point).await.unwrap(),
+        Point {
+            x: -1,
+            y: 2,
+            label: Some("p".into())
+        }
+    );
+    probe.record(1).await.unwrap(); // a unit result
+    assert_eq!(probe.history().await.unwrap(), vec![1]);
+}
+
+async fn stub_implements_the_actor_trait(bed: Bed) {
+    assert_eq!(play(&bed.counter()).await.unwrap(), 5);
+    assert_eq!(play(&MemoryCounter::default()).await.unwrap(), 5);
+}
+
+async fn actor_errors_arrive_typed(bed: Bed) {
+    let probe = bed.probe();
+    assert_eq!(
+        probe.refuse("no".into()).await,
+        Err(ProbeError::Refused("no".into()))
+    );
+    let counter = bed.counter();
+    counter.increment(1).await.unwrap();
+    assert_eq!(
+        counter.increment(u64::MAX).await,
+        Err(CounterError::Overflow)
+    );
+    assert_eq!(
+        counter.get().await.unwrap(),
+        1,
+        "a failed call changes nothing"
+    );
+}
+
+async fn unknown_actor_is_a_typed_remote_error(bed: Bed) {
+    let ghost: ProbeClient = bed.client.actor("ghost");
+    let error = ghost.echo("x".into()).await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::UnknownActor), "{error}");
+    assert!(error.to_string().contains("ghost"), "{error}");
+    // An actor exposed under that name with another trait is not a Probe either.
+    let wrong: ProbeClient = bed.client.actor("counter");
+    let error = wrong.echo("x".into()).await.unwrap_err();
+    assert!(
+        matches!(
+            error.code(),
+            Some(ErrorCode::UnknownActor | ErrorCode::UnknownMethod)
+        ),
+        "{error}"
+    );
+}
+
+async fn calls_to_one_actor_run_one_at_a_time_in_arrival_order(bed: Bed) {
+    let probe = bed.probe();
+    let calls: Vec<_> = (0..200).map(|seq| probe.record(seq)).collect();
+    // `unconstrained`: tokio's cooperative budget would otherwise park the 128th send and queue
+    // it last, so the calls would no longer *arrive* in the order they were made.
+    for result in tokio::task::unconstrained(join_all(calls)).await {
+        result.unwrap();
+    }
+    assert_eq!(probe.history().await.unwrap(), (0..200).collect::<Vec<_>>());
+}
+
+async fn concurrent_clients_lose_no_update(bed: Bed) {
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let counter = bed.counter();
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    counter.increment(1).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(bed.counter().get().await.unwrap(), 800);
+}
+
+async fn a_panicking_method_fails_alone(bed: Bed) {
+    let probe = bed.probe();
+    let error = probe.explode().await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Internal), "{error}");
+    assert!(error.to_string().contains("boom"), "{error}");
+    assert_eq!(probe.echo("still here".into()).await.unwrap(), "still here");
+}
+
+async fn other_actors_are_not_held_up_by_a_busy_one(bed: Bed) {
+    let slow: ProbeClient = bed.client.actor("slow");
+    let probe = bed.probe();
+    let started = tokio::time::Instant::now();
+    let (slept, echoed) = tokio::join!(slow.sleep_ms(300), async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let echoed = probe.echo("fast".into()).await;
+        (echoed, started.elapsed())
+    });
+    assert_eq!(slept.unwrap(), 300);
+    let (echoed, elapsed) = echoed;
+    assert_eq!(echoed.unwrap(), "fast");
+    assert!(
+        elapsed < Duration::from_millis(250),
+        "the fast call waited for the slow one: {elapsed:?}"
+    );
+}
+
+async fn large_values_travel(bed: Bed) {
+    let probe = bed.probe();
+    let blob = probe.blob(200_000).await.unwrap();
+    assert_eq!(blob.len(), 200_000);
+    let text = "x".repeat(100_000);
+    assert_eq!(probe.echo(text.clone()).await.unwrap(), text);
+}
+
+async fn stubs_are_cheap_handles(bed: Bed) {
+    let probe = bed.probe();
+    assert_eq!(probe.actor_ref().id(), "probe");
+    let copy = probe.clone();
+    assert_eq!(copy.echo("a".into()).await.unwrap(), "a");
+    drop(probe);
+    assert_eq!(copy.echo("b".into()).await.unwrap(), "b");
+}
+
+macro_rules! transport_suite {
+    ($($transport:ident => $kind:expr),* $(,)?) => {$(
+        mod $transport {
+            use super::*;
+            transport_suite!(@tests $kind;
+                calls_with_any_arguments,
+                stub_implements_the_actor_trait,
+                actor_errors_arrive_typed,
+                unknown_actor_is_a_typed_remote_error,
+                calls_to_one_actor_run_one_at_a_time_in_arrival_order,
+                concurrent_clients_lose_no_update,
+                a_panicking_method_fails_alone,
+                other_actors_are_not_held_up_by_a_busy_one,
+                large_values_travel,
+                stubs_are_cheap_handles,
+            );
+        }
+    )*};
+    (@tests $kind:expr; $($scenario:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $scenario() {
+            super::$scenario(Bed::start($kind).await).await;
+        }
+    )*};
+}
+
+transport_suite! {
+    local => Kind::Local,
+    websocket_bincode => Kind::WebSocketBincode,
+    websocket_json => Kind::WebSocketJson,
+}
