@@ -210,28 +210,42 @@ class WebSocket:
         """Send all of data while also taking in what the server sends meanwhile.
 
         A server that refuses a large message may stop reading and answer at once; if we
-        simply blocked in sendall() we could deadlock against its unread answer. So we send
-        with a short timeout and, whenever the socket is not writable, drain incoming bytes
-        into the buffer. Gives up if no progress at all is made for self.timeout seconds.
+        simply blocked in sendall() we could deadlock against its unread answer, or lose that
+        answer to the TCP reset its close provokes. So before every chunk we move whatever has
+        arrived into our own buffer, and we send with a short timeout so that a server that
+        stops reading does not block us. Gives up after self.timeout seconds without progress.
         """
         view = memoryview(data)
         last_progress = time.monotonic()
-        self.sock.settimeout(0.05)
         try:
             while view:
+                if self._drain_nonblocking():
+                    last_progress = time.monotonic()
                 if time.monotonic() - last_progress > self.timeout:
                     raise TimeoutError(f"server neither read nor wrote for {self.timeout:g} s")
+                self.sock.settimeout(0.05)
                 try:
                     sent = self.sock.send(view[: 1 << 16])
-                    view = view[sent:]
-                    last_progress = time.monotonic()
-                    continue
                 except socket.timeout:
-                    pass
+                    continue  # not writable right now: go back to reading
+                view = view[sent:]
+                last_progress = time.monotonic()
+        finally:
+            self.sock.settimeout(self.timeout)
+
+    def _drain_nonblocking(self):
+        """Move bytes that have already arrived into the buffer without waiting.
+        Returns True if any arrived; raises ConnectionClosed at EOF or reset."""
+        if self._eof:
+            return False  # nothing more will arrive; the send itself will fail if it must
+        got = False
+        self.sock.settimeout(0.0)
+        try:
+            while True:
                 try:
                     chunk = self.sock.recv(1 << 16)
-                except socket.timeout:
-                    continue
+                except (BlockingIOError, InterruptedError):
+                    return got
                 except ConnectionResetError:
                     self._eof = True
                     raise ConnectionClosed("connection reset") from None
@@ -239,7 +253,7 @@ class WebSocket:
                     self._eof = True
                     raise ConnectionClosed("EOF")
                 self._buf += chunk
-                last_progress = time.monotonic()
+                got = True
         finally:
             self.sock.settimeout(self.timeout)
 
@@ -307,7 +321,7 @@ class WebSocket:
             if not self._close_sent:
                 try:
                     self.send_frame(OP_PONG, payload)
-                except OSError:
+                except (OSError, ConnectionClosed):
                     pass  # the connection is going away; the next read will tell
             return None
         if opcode == OP_PONG:
@@ -325,7 +339,7 @@ class WebSocket:
                 try:
                     self._close_sent = True
                     self.send_frame(OP_CLOSE, payload[:2])
-                except OSError:
+                except (OSError, ConnectionClosed):
                     pass
             self._shutdown()
             raise ConnectionClosed("close frame", code, reason)

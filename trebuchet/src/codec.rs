@@ -239,9 +239,15 @@ impl<'a> JsonFrame<'a> {
                 format!("malformed '{kind}' envelope: missing field '{field}'"),
             )
         };
-        let args = |raw: Option<&RawValue>| {
-            raw.map(Payload::from_raw_json)
-                .unwrap_or_else(|| Payload::empty_args(Encoding::Json))
+        let args = |raw: Option<&RawValue>| match raw {
+            None => Ok(Payload::empty_args(Encoding::Json)),
+            Some(raw) if raw.get().starts_with('{') => Ok(Payload::from_raw_json(raw)),
+            Some(_) => Err(DecodeError::new(
+                call_id,
+                format!(
+                    "malformed '{kind}' envelope: 'args' must be an object of parameter names to values"
+                ),
+            )),
         };
         Ok(match &*self.kind {
             "invocation" => Envelope::Invocation(Invocation {
@@ -251,7 +257,7 @@ impl<'a> JsonFrame<'a> {
                     .ok_or_else(|| missing("actorId"))?
                     .into_owned(),
                 method: self.method.ok_or_else(|| missing("method"))?.into_owned(),
-                args: args(self.args),
+                args: args(self.args)?,
                 metadata: self.metadata.map(Cow::into_owned).unwrap_or_default(),
             }),
             "response" => {
@@ -309,7 +315,7 @@ impl<'a> JsonFrame<'a> {
                     .ok_or_else(|| missing("actorId"))?
                     .into_owned(),
                 method: self.method.ok_or_else(|| missing("method"))?.into_owned(),
-                args: args(self.args),
+                args: args(self.args)?,
             }),
             "cancel" => Envelope::Cancel(Cancel {
                 call_id: call_id.ok_or_else(|| missing("callId"))?,
@@ -455,6 +461,18 @@ mod tests {
         };
         assert_eq!(error.code, ErrorCode::UnknownMethod);
         assert_eq!(error.data, None);
+    }
+
+    #[test]
+    fn args_must_be_an_object() {
+        let err = json(r#"{"type":"invocation","callId":5,"actorId":"a","method":"m","args":[1]}"#)
+            .unwrap_err();
+        assert_eq!(err.call_id, Some(5));
+        assert!(
+            err.message.contains("'args' must be an object"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
