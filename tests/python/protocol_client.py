@@ -534,7 +534,7 @@ def expect_error(response, code, call_id=MISSING, what="call"):
             got = response.get("callId")
         if got not in allowed:
             wanted = " or ".join("no callId" if c is None else f"callId {c}" for c in allowed)
-            shown = "no callId" if "callId" not in response else f"callId {response['callId']!r}"
+            shown = "no callId" if "callId" not in response else f"callId {json.dumps(response['callId'])}"
             raise CheckFailed(f"{what}: expected {wanted}, got {shown}: {short(response)}")
 
 
@@ -601,6 +601,19 @@ def check_multiplexing(url):
         call_ids = [c.invoke("increment", {"by": 1}) for _ in range(20)]
         results = read_results(c, set(call_ids), "increment")
         check_consecutive(list(results.values()), "20 increments")
+
+
+@check("2b calls to one actor run in the order they were sent")
+def check_actor_order(url):
+    # PROTOCOL.md: "Calls to the *same actor* run one at a time, in the order the server
+    # received them". On one connection that is the order we sent them, so the increments
+    # must return ascending values in callId order (the responses may still arrive in any order).
+    with Client(url) as c:
+        call_ids = [c.invoke("increment", {"by": 1}) for _ in range(20)]
+        results = read_results(c, set(call_ids), "increment")
+        in_sent_order = [results[call_id] for call_id in call_ids]
+        if in_sent_order != sorted(in_sent_order):
+            raise CheckFailed(f"results in the order the calls were sent: {in_sent_order}")
 
 
 @check("3a get with args omitted")
@@ -766,6 +779,11 @@ def main(argv):
         print(f"usage: {argv[0]} ws://HOST:PORT/", file=sys.stderr)
         return 2
     url = argv[1]
+    try:
+        parse_ws_url(url)
+    except ValueError as e:
+        print(f"{argv[0]}: {e}", file=sys.stderr)
+        return 2
     passed = failed = 0
     started = time.monotonic()
     for name, function in CHECKS:

@@ -29,7 +29,7 @@ type Outcome = Result<Payload, RemoteError>;
 /// Opens connections for a [`Multiplexed`] client (the framing is the transport's business).
 pub(crate) trait Connector: Send + Sync + 'static {
     /// The framed connection.
-    type Io: FrameIo;
+    type Io: FrameIo + 'static;
     /// A description of the peer, for logs and errors.
     fn peer(&self) -> &str;
     /// Opens one connection.

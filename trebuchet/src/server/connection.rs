@@ -23,6 +23,18 @@ use crate::transport::{FrameError, FrameIo};
 
 type Outcome = Result<Payload, RemoteError>;
 
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The peer left, the server shut down, or the connection failed.
+    Closed,
+    /// The peer sent an oversize frame: it was answered and the connection closed, but the rest
+    /// of that frame may still be arriving. The transport should read and discard it for a
+    /// moment before closing the socket, or the kernel may reset the connection and destroy the
+    /// answer before the peer reads it.
+    DrainInput,
+}
+
 /// Serves one connection until the peer leaves, the framing breaks, or `shutdown` fires (then the
 /// calls in flight get up to `config.shutdown_grace` to finish and send their answers).
 pub(crate) async fn serve_connection<Io, S>(
@@ -31,7 +43,8 @@ pub(crate) async fn serve_connection<Io, S>(
     connection: Arc<ConnectionInfo>,
     config: ServerConfig,
     shutdown: CancellationToken,
-) where
+) -> Ending
+where
     Io: FrameIo,
     S: Service<Call, Response = Payload, Error = RemoteError> + Send,
     S::Future: Send + 'static,
@@ -43,6 +56,7 @@ pub(crate) async fn serve_connection<Io, S>(
     let grace = tokio::time::sleep(config.shutdown_grace);
     tokio::pin!(grace);
     let mut draining = false;
+    let mut ending = Ending::Closed;
 
     loop {
         if draining && in_flight.is_empty() {
@@ -55,7 +69,7 @@ pub(crate) async fn serve_connection<Io, S>(
                 let outcome: Result<Outcome, Aborted> = outcome;
                 let Ok(outcome) = outcome else { continue }; // cancelled by the client
                 if send_response(&mut io, Some(call_id), outcome, encoding, &config).await.is_err() {
-                    return;
+                    return Ending::Closed;
                 }
             }
             _ = shutdown.cancelled(), if !draining => {
@@ -75,13 +89,14 @@ pub(crate) async fn serve_connection<Io, S>(
                             format!("frame of {size} bytes exceeds the limit of {max} bytes"),
                         );
                         let _ = send_response(&mut io, None, Err(error), reply_encoding, &config).await;
+                        ending = Ending::DrainInput;
                         break;
                     }
                     Some(Err(error)) => {
                         tracing::debug!(%error, "connection failed");
-                        return;
+                        return Ending::Closed;
                     }
-                    None => return,
+                    None => return Ending::Closed,
                 };
                 reply_encoding = frame.encoding;
                 let envelope = match codec::decode(&frame) {
@@ -90,7 +105,7 @@ pub(crate) async fn serve_connection<Io, S>(
                         tracing::debug!(%error, "malformed frame");
                         let outcome = Err(error.to_remote_error());
                         if send_response(&mut io, error.call_id, outcome, frame.encoding, &config).await.is_err() {
-                            return;
+                            return Ending::Closed;
                         }
                         continue;
                     }
@@ -101,7 +116,7 @@ pub(crate) async fn serve_connection<Io, S>(
                         if aborts.contains_key(&call_id) {
                             let error = RemoteError::bad_request(format!("callId {call_id} is already in flight on this connection"));
                             if send_response(&mut io, Some(call_id), Err(error), frame.encoding, &config).await.is_err() {
-                                return;
+                                return Ending::Closed;
                             }
                             continue;
                         }
@@ -126,7 +141,7 @@ pub(crate) async fn serve_connection<Io, S>(
                             error: RemoteError::bad_request(format!("no stream '{}' to resume on this server", resume.stream_id)),
                         });
                         if send_envelope(&mut io, &failure, frame.encoding).await.is_err() {
-                            return;
+                            return Ending::Closed;
                         }
                     }
                     other => {
@@ -137,7 +152,7 @@ pub(crate) async fn serve_connection<Io, S>(
                         };
                         let error = RemoteError::bad_request(format!("a client may not send '{}' envelopes", other.kind()));
                         if send_response(&mut io, call_id, Err(error), frame.encoding, &config).await.is_err() {
-                            return;
+                            return Ending::Closed;
                         }
                     }
                 }
@@ -145,6 +160,7 @@ pub(crate) async fn serve_connection<Io, S>(
         }
     }
     let _ = io.close().await;
+    ending
 }
 
 /// Sends the answer to `call_id`; a result over the frame limit is replaced by a

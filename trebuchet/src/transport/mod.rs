@@ -50,15 +50,11 @@ pub enum FrameError {
 
 /// A duplex stream of frames: what a network transport provides to the shared connection code.
 pub(crate) trait FrameIo:
-    Stream<Item = Result<Frame, FrameError>> + Sink<Frame, Error = FrameError> + Unpin + Send + 'static
+    Stream<Item = Result<Frame, FrameError>> + Sink<Frame, Error = FrameError> + Unpin + Send
 {
 }
 
 impl<T> FrameIo for T where
-    T: Stream<Item = Result<Frame, FrameError>>
-        + Sink<Frame, Error = FrameError>
-        + Unpin
-        + Send
-        + 'static
+    T: Stream<Item = Result<Frame, FrameError>> + Sink<Frame, Error = FrameError> + Unpin + Send
 {
 }

@@ -26,7 +26,7 @@ use crate::client::{ClientConfig, ConnectError, Connection};
 use crate::codec::Frame;
 use crate::multiplex::{Connector, Multiplexed};
 use crate::protocol::{Encoding, Payload, RemoteError};
-use crate::server::connection::serve_connection;
+use crate::server::connection::{Ending, serve_connection};
 use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
 use crate::transport::FrameError;
 
@@ -256,15 +256,27 @@ async fn serve_socket<S>(
         headers: headers.unwrap_or_default(),
     });
     tracing::debug!(%peer_addr, "WebSocket connection open");
-    serve_connection(
-        WebSocketFrames::new(socket),
-        service,
-        connection,
-        config,
-        shutdown,
-    )
-    .await;
+    let mut frames = WebSocketFrames::new(socket);
+    let ending = serve_connection(&mut frames, service, connection, config, shutdown).await;
+    if ending == Ending::DrainInput {
+        drain_input(frames.socket.get_mut()).await;
+    }
     tracing::debug!(%peer_addr, "WebSocket connection closed");
+}
+
+/// Reads and discards what the peer still sends, until it closes or for at most a second (and
+/// 64 MiB), so that closing the socket does not reset the connection under the last answer.
+async fn drain_input(stream: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut budget: usize = 64 * 1024 * 1024;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while budget > 0 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(read)) if read > 0 => budget = budget.saturating_sub(read),
+            _ => return,
+        }
+    }
 }
 
 /// Opens WebSocket connections to one URL.
