@@ -1,1 +1,148 @@
-fn main() {}
+//! Sequential WebSocket RPC round trip with a 64-byte payload, against a raw tokio-tungstenite
+//! echo of a message of the same size as Trebuchet's request frame, in one run (same runtime,
+//! same loopback, same TCP_NODELAY).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tokio_tungstenite::tungstenite::Message;
+use trebuchet::codec;
+use trebuchet::protocol::{Envelope, Invocation};
+use trebuchet::{
+    ActorSystem, Encoding, Metadata, Payload, RemoteError, Transport, distributed_actor,
+};
+
+const PAYLOAD: usize = 64;
+
+#[distributed_actor]
+pub trait Echo {
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError>;
+}
+
+struct EchoActor;
+
+impl Echo for EchoActor {
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError> {
+        Ok(data)
+    }
+}
+
+/// The size of the binary frame the Trebuchet client sends for one `echo` call.
+fn request_frame_size() -> usize {
+    let args = Payload::encode(&(vec![7u8; PAYLOAD],), Encoding::Bincode).unwrap();
+    let envelope = Envelope::Invocation(Invocation {
+        call_id: 1000,
+        actor_id: "echo".into(),
+        method: "echo".into(),
+        args,
+        metadata: Metadata::new(),
+    });
+    codec::encode(&envelope, Encoding::Bincode)
+        .unwrap()
+        .data
+        .len()
+}
+
+async fn raw_echo_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+                while let Some(Ok(message)) = socket.next().await {
+                    if message.is_binary() && socket.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+fn runtime() -> Runtime {
+    (if std::env::var("BENCH_CURRENT_THREAD").is_ok() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    })
+    .enable_all()
+    .build()
+    .unwrap()
+}
+
+fn ws_rpc(c: &mut Criterion) {
+    let rt = runtime();
+    let (echo, raw_url, _server) = rt.block_on(async {
+        let system = ActorSystem::new();
+        system.expose("echo", EchoActor.into_actor()).unwrap();
+        let server = system
+            .serve_websocket("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let client = system
+            .connect(Transport::WebSocket(server.url().into()))
+            .await
+            .unwrap();
+        let echo: EchoClient = client.actor("echo");
+        (echo, raw_echo_server().await, server)
+    });
+    let frame_size = request_frame_size();
+    println!(
+        "ws_rpc: {PAYLOAD}-byte argument; Trebuchet request frame {frame_size} bytes; raw echo message {frame_size} bytes"
+    );
+
+    let mut group = c.benchmark_group("ws_rpc");
+    group.bench_function("trebuchet_ws_call", |b| {
+        b.iter_custom(|iters| {
+            let echo = echo.clone();
+            rt.block_on(rt.spawn(async move {
+                let data = vec![7u8; PAYLOAD];
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(echo.echo(data.clone()).await.unwrap());
+                }
+                start.elapsed()
+            }))
+            .unwrap()
+        })
+    });
+    group.bench_function("raw_tungstenite_echo", |b| {
+        let url = raw_url.clone();
+        let mut socket = Some(rt.block_on(async move {
+            let (socket, _) =
+                tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
+                    .await
+                    .unwrap();
+            socket
+        }));
+        b.iter_custom(|iters| {
+            let mut ws = socket.take().unwrap();
+            let (elapsed, ws): (Duration, _) = rt
+                .block_on(rt.spawn(async move {
+                    let message = vec![7u8; frame_size];
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        ws.send(Message::binary(message.clone())).await.unwrap();
+                        black_box(ws.next().await.unwrap().unwrap());
+                    }
+                    (start.elapsed(), ws)
+                }))
+                .unwrap();
+            socket = Some(ws);
+            elapsed
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, ws_rpc);
+criterion_main!(benches);

@@ -503,3 +503,23 @@ async fn connect_errors_are_clear() {
         .unwrap_err();
     assert!(matches!(error, ConnectError::Io { .. }), "{error}");
 }
+
+#[tokio::test]
+async fn frames_of_one_connection_reach_the_actor_in_order() {
+    let (_bed, url) = bed().await;
+    let mut raw = Raw::connect(&url).await;
+    // All in one burst, so the server reads them faster than the actor runs them.
+    for seq in 0..200u64 {
+        let frame = invocation(seq, "probe", "record", json!({ "seq": seq })).to_string();
+        raw.socket.feed(Message::text(frame)).await.unwrap();
+    }
+    raw.socket.flush().await.unwrap();
+    for _ in 0..200 {
+        raw.recv().await;
+    }
+    raw.json(invocation(1000, "probe", "history", json!({})))
+        .await;
+    let history = raw.recv().await;
+    let expected: Vec<u64> = (0..200).collect();
+    assert_eq!(history["result"], json!(expected));
+}

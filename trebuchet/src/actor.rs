@@ -1,22 +1,26 @@
 //! Actors: the protocol a `#[distributed_actor]` trait generates, and the mailbox that runs one
 //! actor's calls one at a time.
 //!
-//! Every exposed actor gets a task and a bounded mailbox. Calls, whether they come in-process or
-//! from the network, are queued in arrival order and run one after another, so an actor sees one
-//! message at a time. A full mailbox makes callers wait (backpressure), it never grows without
-//! bound.
+//! An exposed actor takes one call at a time: calls, whether they come in-process or from the
+//! network, wait for the actor's turn in the order they arrived and run one after another, so an
+//! actor sees one message at a time. A call that has been made always runs to its end, even if
+//! its caller stops waiting (see [`LocalActor`]). Waiting calls are held by their callers (a
+//! server connection has a bounded number in flight), so nothing queues without bound.
 
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Semaphore;
 
 use crate::protocol::{Encoding, Payload, PayloadError, RemoteError};
 
@@ -110,60 +114,116 @@ impl<P, A> Actor<P, A> {
     }
 }
 
-type Reply<P> = oneshot::Sender<Result<<P as ActorProtocol>::Response, RemoteError>>;
-
-struct Letter<P: ActorProtocol> {
-    request: P::Request,
-    reply: Reply<P>,
-}
-
-/// A handle to a running actor's mailbox: calls through it need no serialization.
+/// A handle to an exposed actor: calls through it need no serialization.
 pub struct LocalActor<P: ActorProtocol> {
-    mailbox: mpsc::Sender<Letter<P>>,
+    cell: Arc<dyn RunCall<P>>,
 }
 
 impl<P: ActorProtocol> Clone for LocalActor<P> {
     fn clone(&self) -> Self {
         LocalActor {
-            mailbox: self.mailbox.clone(),
+            cell: self.cell.clone(),
         }
     }
 }
 
+/// An actor implementation and the turn its calls take.
+struct ActorCell<A> {
+    actor: A,
+    /// One permit: the call holding it runs. tokio's semaphore is fair, so calls get their turn
+    /// in the order they asked for it.
+    turn: Semaphore,
+}
+
+/// Runs one call on an actor cell (erases the actor type behind its protocol).
+trait RunCall<P: ActorProtocol>: Send + Sync + 'static {
+    fn run(
+        self: Arc<Self>,
+        request: P::Request,
+    ) -> RunToCompletion<Result<P::Response, RemoteError>>;
+}
+
+impl<P, A> RunCall<P> for ActorCell<A>
+where
+    P: Dispatch<A>,
+    A: Send + Sync + 'static,
+{
+    fn run(
+        self: Arc<Self>,
+        request: P::Request,
+    ) -> RunToCompletion<Result<P::Response, RemoteError>> {
+        RunToCompletion::new(Box::pin(async move {
+            let _turn = self.turn.acquire().await.map_err(|_| stopped::<P>())?;
+            AssertUnwindSafe(P::handle(&self.actor, request))
+                .catch_unwind()
+                .await
+                .map_err(|panic| {
+                    let what = panic_message(&panic);
+                    tracing::error!(actor = P::TRAIT_NAME, panic = %what, "actor method panicked");
+                    RemoteError::internal(format!("the actor method panicked: {what}"))
+                })
+        }))
+    }
+}
+
 impl<P: ActorProtocol> LocalActor<P> {
-    /// Starts `actor` on its own task (on the current tokio runtime) with a mailbox of
-    /// `capacity` calls.
-    pub(crate) fn spawn<A>(actor: A, capacity: usize) -> Self
+    /// Wraps `actor` so it takes calls one at a time.
+    pub(crate) fn new<A>(actor: A) -> Self
     where
         P: Dispatch<A>,
         A: Send + Sync + 'static,
     {
-        let (mailbox, mut letters) = mpsc::channel::<Letter<P>>(capacity.max(1));
-        tokio::spawn(async move {
-            while let Some(Letter { request, reply }) = letters.recv().await {
-                let outcome = AssertUnwindSafe(P::handle(&actor, request))
-                    .catch_unwind()
-                    .await
-                    .map_err(|panic| {
-                        let what = panic_message(&panic);
-                        tracing::error!(actor = P::TRAIT_NAME, panic = %what, "actor method panicked");
-                        RemoteError::internal(format!("the actor method panicked: {what}"))
-                    });
-                // The caller may have given up (timeout, cancel); that is not an error here.
-                let _ = reply.send(outcome);
-            }
-        });
-        LocalActor { mailbox }
+        LocalActor {
+            cell: Arc::new(ActorCell {
+                actor,
+                turn: Semaphore::new(1),
+            }),
+        }
     }
 
-    /// Queues `request` and waits for the actor's answer.
+    /// Runs `request` on the actor when its turn comes, and returns the answer.
     pub async fn ask(&self, request: P::Request) -> Result<P::Response, RemoteError> {
-        let (reply, answer) = oneshot::channel();
-        self.mailbox
-            .send(Letter { request, reply })
-            .await
-            .map_err(|_| stopped::<P>())?;
-        answer.await.map_err(|_| stopped::<P>())?
+        self.cell.clone().run(request).await
+    }
+}
+
+/// A call that, once made, always runs to its end, like a message in a mailbox: if the caller
+/// stops waiting (a timeout, a `cancel`, a lost connection), the rest of the call moves to a task
+/// of its own instead of being dropped halfway through the actor's method.
+///
+/// While nobody else holds the actor's turn, the call runs on the caller's own task, with no
+/// hand-off to another task: that is what makes an in-process call cost less than a mailbox
+/// round trip, and a network call cost little more than the network.
+pub(crate) struct RunToCompletion<T: Send + 'static> {
+    call: Option<BoxFuture<'static, T>>,
+}
+
+impl<T: Send + 'static> RunToCompletion<T> {
+    fn new(call: BoxFuture<'static, T>) -> Self {
+        RunToCompletion { call: Some(call) }
+    }
+}
+
+impl<T: Send + 'static> Future for RunToCompletion<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let Some(call) = self.call.as_mut() else {
+            panic!("RunToCompletion polled after completion");
+        };
+        let output = ready!(call.as_mut().poll(cx));
+        self.call = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<T: Send + 'static> Drop for RunToCompletion<T> {
+    fn drop(&mut self) {
+        if let Some(rest) = self.call.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(rest);
+        }
     }
 }
 
@@ -210,11 +270,8 @@ impl<P: ActorProtocol> ServedActor for LocalActor<P> {
                 return Box::pin(std::future::ready(Err(error)));
             }
         };
-        let actor = self.clone();
-        Box::pin(async move {
-            let response = actor.ask(request).await?;
-            P::encode_response(response, encoding)
-        })
+        let call = self.cell.clone().run(request);
+        Box::pin(async move { P::encode_response(call.await?, encoding) })
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -67,7 +67,7 @@ pub use client::{
 };
 pub use protocol::{Encoding, ErrorCode, Metadata, Payload, RemoteError};
 pub use server::{ActorService, Call, ConnectionInfo, ServerConfig, ServerHandle};
-pub use system::{ActorSystem, ExposeError, SystemConfig};
+pub use system::{ActorSystem, ExposeError};
 pub use transport::Transport;
 pub use trebuchet_macros::distributed_actor;
 

@@ -1,28 +1,34 @@
 //! The client side of every network transport: one connection shared by many concurrent calls,
 //! with per-call timeouts and automatic reconnection.
 //!
-//! A *link* task owns the live connection: it writes the calls it is handed, reads the answers
-//! and routes each to its caller by `callId`. When the connection is lost, every call in flight on
-//! it fails with `unavailable` (it is not resent: the server may already have run it), and a
-//! *supervisor* reconnects with exponential backoff and jitter. A call made while the client is
-//! reconnecting waits for the new connection, within its own timeout; if the connection is not
-//! back in time it fails with `unavailable`.
+//! * Writing: a caller puts its frame in the link's outbox and, if nobody is writing, becomes the
+//!   writer: it writes every frame in the outbox (its own and those queued meanwhile by others)
+//!   and flushes once. A lone caller thus writes straight to the socket, with no hand-off to
+//!   another task, and calls made together share one flush.
+//! * Reading: one task per connection reads the answers and routes each to its caller by
+//!   `callId`.
+//! * Losing the connection: every call in flight on it fails with `unavailable` (it is not resent:
+//!   the server may already have run it), and a supervisor reconnects with exponential backoff
+//!   and jitter. A call made while the client is reconnecting waits for the new connection,
+//!   within its own timeout; if the connection is not back in time it fails with `unavailable`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::BoxFuture;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientConfig, Connection};
 use crate::codec::{self, Frame};
 use crate::protocol::{Cancel, Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError};
-use crate::transport::FrameIo;
+use crate::transport::{FrameError, FrameIo};
 
 type Outcome = Result<Payload, RemoteError>;
 
@@ -36,73 +42,175 @@ pub(crate) trait Connector: Send + Sync + 'static {
     fn connect(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
-enum Outbound {
-    Call {
-        call_id: u64,
-        frame: Frame,
-        reply: oneshot::Sender<Outcome>,
-    },
-    Cancel {
-        call_id: u64,
-    },
+/// Callers waiting for answers on one link; `None` once the link is gone.
+type Pending = Mutex<Option<HashMap<u64, oneshot::Sender<Outcome>>>>;
+
+/// One live connection.
+struct Link<Io: FrameIo> {
+    outbox: Mutex<VecDeque<Frame>>,
+    writer: tokio::sync::Mutex<SplitSink<Io, Frame>>,
+    pending: Pending,
+    /// Fired when writing fails, so the reader stops too.
+    broken: CancellationToken,
 }
 
-#[derive(Clone)]
-enum LinkState {
-    Up(mpsc::Sender<Outbound>),
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<Io: FrameIo> Link<Io> {
+    fn new(io: Io) -> (Arc<Self>, SplitStream<Io>) {
+        let (writer, reader) = io.split();
+        let link = Arc::new(Link {
+            outbox: Mutex::default(),
+            writer: tokio::sync::Mutex::new(writer),
+            pending: Mutex::new(Some(HashMap::new())),
+            broken: CancellationToken::new(),
+        });
+        (link, reader)
+    }
+
+    /// Queues `frame` and writes the outbox unless another caller is already writing it.
+    async fn send(&self, frame: Frame) -> Result<(), FrameError> {
+        lock(&self.outbox).push_back(frame);
+        loop {
+            let Ok(mut writer) = self.writer.try_lock() else {
+                // The current writer takes our frame: it looks at the outbox again after
+                // releasing the socket.
+                return Ok(());
+            };
+            loop {
+                let batch: Vec<Frame> = lock(&self.outbox).drain(..).collect();
+                if batch.is_empty() {
+                    break;
+                }
+                let written = async {
+                    for frame in batch {
+                        writer.feed(frame).await?;
+                    }
+                    writer.flush().await
+                }
+                .await;
+                if let Err(error) = written {
+                    self.broken.cancel();
+                    return Err(error);
+                }
+            }
+            drop(writer);
+            if lock(&self.outbox).is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Registers a caller for `call_id`; `None` if the link is already gone.
+    fn expect(&self, call_id: u64) -> Option<oneshot::Receiver<Outcome>> {
+        let (reply, answer) = oneshot::channel();
+        lock(&self.pending).as_mut()?.insert(call_id, reply);
+        Some(answer)
+    }
+
+    fn forget(&self, call_id: u64) {
+        if let Some(pending) = lock(&self.pending).as_mut() {
+            pending.remove(&call_id);
+        }
+    }
+
+    fn deliver(&self, frame: &Frame) {
+        match codec::decode(frame) {
+            Ok(Envelope::Response(response)) => match response.call_id {
+                Some(call_id) => {
+                    let reply = lock(&self.pending)
+                        .as_mut()
+                        .and_then(|pending| pending.remove(&call_id));
+                    if let Some(reply) = reply {
+                        let _ = reply.send(response.outcome);
+                    }
+                }
+                None => {
+                    if let Err(error) = response.outcome {
+                        tracing::warn!(%error, "the server reported a connection error");
+                    }
+                }
+            },
+            Ok(other) => tracing::debug!(
+                kind = other.kind(),
+                "ignoring an envelope with no call waiting for it"
+            ),
+            Err(error) => tracing::warn!(%error, "malformed frame from the server"),
+        }
+    }
+}
+
+enum LinkState<Io: FrameIo> {
+    Up(Arc<Link<Io>>),
     Reconnecting,
     Closed,
 }
 
+impl<Io: FrameIo> Clone for LinkState<Io> {
+    fn clone(&self) -> Self {
+        match self {
+            LinkState::Up(link) => LinkState::Up(link.clone()),
+            LinkState::Reconnecting => LinkState::Reconnecting,
+            LinkState::Closed => LinkState::Closed,
+        }
+    }
+}
+
 /// A multiplexed, self-healing client connection.
-pub(crate) struct Multiplexed {
+pub(crate) struct Multiplexed<C: Connector> {
     config: ClientConfig,
     peer: String,
-    link: watch::Receiver<LinkState>,
+    link: watch::Receiver<LinkState<C::Io>>,
     next_call_id: AtomicU64,
+    in_flight: Semaphore,
     closed: CancellationToken,
 }
 
-impl Drop for Multiplexed {
+impl<C: Connector> Drop for Multiplexed<C> {
     fn drop(&mut self) {
         self.closed.cancel();
     }
 }
 
-impl Multiplexed {
+impl<C: Connector> Multiplexed<C> {
     /// Connects once (failing if that fails), then keeps the connection up in the background.
-    pub(crate) async fn connect<C: Connector>(
-        connector: C,
-        config: ClientConfig,
-    ) -> io::Result<Multiplexed> {
+    pub(crate) async fn connect(connector: C, config: ClientConfig) -> io::Result<Self> {
         let io = tokio::time::timeout(config.connect_timeout, connector.connect())
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        let (state, link) = watch::channel(LinkState::Reconnecting);
+        // The first link is up before `connect` returns: calls made right away must not wait for
+        // the supervisor task (waking waiters would lose the order the calls were made in).
+        let (link, reader) = Link::new(io);
+        let (state, watched) = watch::channel(LinkState::Up(link.clone()));
         let closed = CancellationToken::new();
         let peer = connector.peer().to_owned();
         tokio::spawn(supervise(
             connector,
-            io,
+            (link, reader),
             state,
             config.clone(),
             closed.clone(),
         ));
         Ok(Multiplexed {
+            in_flight: Semaphore::new(config.max_in_flight.max(1)),
             config,
             peer,
-            link,
+            link: watched,
             next_call_id: AtomicU64::new(1),
             closed,
         })
     }
 
-    /// The sender of the live link, waiting (until `deadline`) for a reconnect if there is none.
-    async fn link(&self, deadline: Instant) -> Result<mpsc::Sender<Outbound>, RemoteError> {
+    /// The live link, waiting (until `deadline`) for a reconnect if there is none.
+    async fn link(&self, deadline: Instant) -> Result<Arc<Link<C::Io>>, RemoteError> {
         let mut link = self.link.clone();
         loop {
             match &*link.borrow_and_update() {
-                LinkState::Up(sender) => return Ok(sender.clone()),
+                LinkState::Up(link) => return Ok(link.clone()),
                 LinkState::Closed => {
                     return Err(RemoteError::unavailable(format!(
                         "the connection to {} is closed (reconnect attempts exhausted)",
@@ -145,29 +253,42 @@ impl Multiplexed {
                 ),
             ));
         }
-        let link = self.link(deadline).await?;
-        let (reply, answer) = oneshot::channel();
-        let queued = timeout_at(
-            deadline,
-            link.send(Outbound::Call {
-                call_id,
-                frame,
-                reply,
-            }),
-        )
-        .await;
-        match queued {
-            Ok(Ok(())) => {}
+        let _slot = match timeout_at(deadline, self.in_flight.acquire()).await {
+            Ok(Ok(slot)) => slot,
             Ok(Err(_)) => return Err(self.lost()),
             Err(_) => return Err(self.timed_out(actor_id, method)),
+        };
+        let link = self.link(deadline).await?;
+        let answer = link.expect(call_id).ok_or_else(|| self.lost())?;
+        match timeout_at(deadline, link.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                link.forget(call_id);
+                return Err(self.lost());
+            }
+            Err(_) => {
+                link.forget(call_id);
+                return Err(self.timed_out(actor_id, method));
+            }
         }
         match timeout_at(deadline, answer).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(self.lost()),
             Err(_) => {
-                let _ = link.try_send(Outbound::Cancel { call_id });
+                link.forget(call_id);
+                self.send_cancel(link, call_id);
                 Err(self.timed_out(actor_id, method))
             }
+        }
+    }
+
+    /// Tells the server to stop a call nobody waits for any more (best effort).
+    fn send_cancel(&self, link: Arc<Link<C::Io>>, call_id: u64) {
+        let cancel = Envelope::Cancel(Cancel { call_id });
+        if let Ok(frame) = codec::encode(&cancel, self.config.encoding) {
+            tokio::spawn(async move {
+                let _ = link.send(frame).await;
+            });
         }
     }
 
@@ -186,7 +307,7 @@ impl Multiplexed {
     }
 }
 
-impl Connection for Multiplexed {
+impl<C: Connector> Connection for Multiplexed<C> {
     fn encoding(&self) -> Encoding {
         self.config.encoding
     }
@@ -204,32 +325,60 @@ impl Connection for Multiplexed {
 /// Keeps a link up until the client is dropped or reconnecting gives up.
 async fn supervise<C: Connector>(
     connector: C,
-    first: C::Io,
-    state: watch::Sender<LinkState>,
+    first: (Arc<Link<C::Io>>, SplitStream<C::Io>),
+    state: watch::Sender<LinkState<C::Io>>,
     config: ClientConfig,
     closed: CancellationToken,
 ) {
-    let mut io = Some(first);
+    let mut first = Some(first);
     loop {
-        let live = match io.take() {
+        let (link, reader) = match first.take() {
             Some(live) => live,
             None => match reconnect(&connector, &config, &closed).await {
-                Some(live) => live,
+                Some(io) => {
+                    let (link, reader) = Link::new(io);
+                    state.send_replace(LinkState::Up(link.clone()));
+                    (link, reader)
+                }
                 None => {
                     state.send_replace(LinkState::Closed);
                     return;
                 }
             },
         };
-        let (sender, outbound) = mpsc::channel(config.max_in_flight.max(1));
-        state.send_replace(LinkState::Up(sender));
-        let lost = run_link(live, outbound, &config, &closed).await;
+        let lost = read_link(&link, reader, &closed).await;
+        // Every caller still waiting on this link learns it is gone (their reply is dropped).
+        lock(&link.pending).take();
         if !lost {
             state.send_replace(LinkState::Closed);
+            let _ = link.writer.lock().await.close().await;
             return;
         }
         tracing::info!(peer = connector.peer(), "connection lost; reconnecting");
         state.send_replace(LinkState::Reconnecting);
+    }
+}
+
+/// Routes answers until the connection is lost (`true`) or the client is dropped (`false`).
+async fn read_link<Io: FrameIo>(
+    link: &Link<Io>,
+    mut reader: SplitStream<Io>,
+    closed: &CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            biased;
+            _ = closed.cancelled() => return false,
+            _ = link.broken.cancelled() => return true,
+            inbound = reader.next() => match inbound {
+                Some(Ok(frame)) => link.deliver(&frame),
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "connection failed");
+                    return true;
+                }
+                None => return true,
+            },
+        }
     }
 }
 
@@ -268,88 +417,5 @@ async fn reconnect<C: Connector>(
             }
             Err(_) => tracing::debug!(peer = connector.peer(), attempt, "reconnect timed out"),
         }
-    }
-}
-
-/// Runs one live connection. Returns `true` if it was lost, `false` if the client closed it.
-async fn run_link<Io: FrameIo>(
-    mut io: Io,
-    mut outbound: mpsc::Receiver<Outbound>,
-    config: &ClientConfig,
-    closed: &CancellationToken,
-) -> bool {
-    let mut pending: HashMap<u64, oneshot::Sender<Outcome>> = HashMap::new();
-    let lost = loop {
-        tokio::select! {
-            biased;
-            _ = closed.cancelled() => break false,
-            inbound = io.next() => match inbound {
-                Some(Ok(frame)) => deliver(&frame, &mut pending),
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "connection failed");
-                    break true;
-                }
-                None => break true,
-            },
-            message = outbound.recv() => {
-                let Some(message) = message else { break false };
-                // Write everything already queued, then flush once.
-                let mut next = Some(message);
-                let mut failed = false;
-                while let Some(message) = next.take() {
-                    let frame = match message {
-                        Outbound::Call { call_id, frame, reply } => {
-                            pending.insert(call_id, reply);
-                            frame
-                        }
-                        Outbound::Cancel { call_id } => {
-                            pending.remove(&call_id);
-                            match codec::encode(&Envelope::Cancel(Cancel { call_id }), config.encoding) {
-                                Ok(frame) => frame,
-                                Err(_) => continue,
-                            }
-                        }
-                    };
-                    if io.feed(frame).await.is_err() {
-                        failed = true;
-                        break;
-                    }
-                    next = outbound.try_recv().ok();
-                }
-                if failed || io.flush().await.is_err() {
-                    break true;
-                }
-            }
-        }
-    };
-    if !lost {
-        let _ = io.close().await;
-    }
-    // Calls still queued (never sent) and calls in flight fail: their replies are dropped here,
-    // which their callers see as a lost connection.
-    drop(pending);
-    drop(outbound);
-    lost
-}
-
-fn deliver(frame: &Frame, pending: &mut HashMap<u64, oneshot::Sender<Outcome>>) {
-    match codec::decode(frame) {
-        Ok(Envelope::Response(response)) => match response.call_id {
-            Some(call_id) => {
-                if let Some(reply) = pending.remove(&call_id) {
-                    let _ = reply.send(response.outcome);
-                }
-            }
-            None => {
-                if let Err(error) = response.outcome {
-                    tracing::warn!(%error, "the server reported a connection error");
-                }
-            }
-        },
-        Ok(other) => tracing::debug!(
-            kind = other.kind(),
-            "ignoring an envelope with no call waiting for it"
-        ),
-        Err(error) => tracing::warn!(%error, "malformed frame from the server"),
     }
 }

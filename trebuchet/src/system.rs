@@ -9,23 +9,6 @@ use crate::client::{Client, ClientConfig, ConnectError};
 use crate::server::{ActorService, ServerConfig, ServerHandle};
 use crate::transport::Transport;
 
-/// Settings of an [`ActorSystem`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct SystemConfig {
-    /// How many calls may wait in one actor's mailbox before callers are made to wait
-    /// (default 1024).
-    pub mailbox_capacity: usize,
-}
-
-impl Default for SystemConfig {
-    fn default() -> Self {
-        SystemConfig {
-            mailbox_capacity: 1024,
-        }
-    }
-}
-
 /// A set of actors exposed by name, and the way to reach actors from this process.
 ///
 /// * [`expose`](Self::expose) starts an actor and registers it under an id.
@@ -42,7 +25,6 @@ pub struct ActorSystem {
 
 #[derive(Default)]
 struct SystemInner {
-    config: SystemConfig,
     actors: RwLock<HashMap<String, Arc<dyn ServedActor>>>,
 }
 
@@ -52,9 +34,6 @@ pub enum ExposeError {
     /// Another actor is already exposed under this id.
     #[error("an actor is already exposed as '{0}'")]
     AlreadyExposed(String),
-    /// `expose` was called outside a tokio runtime (the actor needs a task to run on).
-    #[error("ActorSystem::expose must be called inside a tokio runtime")]
-    NoRuntime,
 }
 
 impl ActorSystem {
@@ -63,17 +42,8 @@ impl ActorSystem {
         Self::default()
     }
 
-    /// An empty system with `config`.
-    pub fn with_config(config: SystemConfig) -> Self {
-        ActorSystem {
-            inner: Arc::new(SystemInner {
-                config,
-                actors: RwLock::default(),
-            }),
-        }
-    }
-
-    /// Starts `actor` on its own task and exposes it as `id`.
+    /// Exposes `actor` as `id`. From then on it takes calls, one at a time, from this system's
+    /// in-process clients and from every server serving this system.
     ///
     /// `actor` comes from the `into_actor()` method that `#[distributed_actor]` adds to the
     /// trait: `system.expose("counter", MyCounter::default().into_actor())`.
@@ -83,20 +53,17 @@ impl ActorSystem {
         A: Send + Sync + 'static,
     {
         let id = id.into();
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(ExposeError::NoRuntime);
-        }
         let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
         if actors.contains_key(&id) {
             return Err(ExposeError::AlreadyExposed(id));
         }
-        let handle = LocalActor::<P>::spawn(actor.into_inner(), self.inner.config.mailbox_capacity);
+        let handle = LocalActor::<P>::new(actor.into_inner());
         tracing::debug!(actor_id = %id, protocol = P::TRAIT_NAME, "exposed actor");
         actors.insert(id, Arc::new(handle));
         Ok(())
     }
 
-    /// Stops exposing `id`. Calls already queued still run; the actor stops when the last
+    /// Stops exposing `id`. Calls already made still run; the actor is dropped when the last
     /// in-process reference to it is gone. Returns whether an actor was exposed as `id`.
     pub fn remove(&self, id: &str) -> bool {
         let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
