@@ -77,3 +77,8 @@ pub mod __private {
     pub use crate::actor::encode_outcome;
     pub use serde;
 }
+
+/// The code blocks of README.md, compiled and run as doctests so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): every test, against real servers.
+#
+#   1. the Python client written only from docs/PROTOCOL.md, against `examples/counter.rs serve`;
+#   2. the documentation examples (`cargo test --doc`);
+#   3. everything else with cargo-nextest: unit, integration (transport suite, WebSocket
+#      robustness), compile-fail (trybuild) and property tests.
+#
+# Extra arguments go to cargo nextest, e.g. `scripts/test.sh -E 'test(reconnect)'`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/dev-env.sh
+
+profile=default
+if [ "${CI:-}" = "true" ]; then profile=ci; fi
+
+server_pid=""
+cleanup() {
+    if [ -n "$server_pid" ]; then
+        kill -INT "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+
+echo "==> protocol client (Python, from docs/PROTOCOL.md) against the counter example"
+cargo build --quiet --example counter
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+"$target_dir/debug/examples/counter" serve "127.0.0.1:$port" &
+server_pid=$!
+for _ in $(seq 1 100); do
+    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null; then break; fi
+    sleep 0.1
+done
+python3 tests/python/protocol_client.py "ws://127.0.0.1:$port/"
+cleanup
+server_pid=""
+
+echo "==> documentation examples"
+cargo test --quiet --workspace --doc
+
+echo "==> cargo nextest"
+cargo nextest run --workspace --profile "$profile" "$@"
