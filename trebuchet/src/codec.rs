@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::protocol::{
     Cancel, Encoding, Envelope, Invocation, Metadata, Payload, RemoteError, Response, StreamData,
-    StreamEnd, StreamError, StreamResume, StreamStart, bincode_config,
+    StreamEnd, StreamError, StreamResume, StreamStart, bincode_config, decode_bincode,
 };
 
 /// One transport message: the bytes of one envelope and how they are encoded.
@@ -391,7 +391,7 @@ binary_envelope! {
 }
 
 fn decode_binary(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-    match bincode::serde::decode_from_slice::<BinaryOwned, _>(bytes, bincode_config()) {
+    match decode_bincode::<BinaryOwned>(bytes) {
         Ok((envelope, read)) if read == bytes.len() => Ok(envelope.into()),
         Ok((_, read)) => Err(DecodeError::new(
             binary_call_id(bytes),
@@ -409,15 +409,14 @@ fn decode_binary(bytes: &[u8]) -> Result<Envelope, DecodeError> {
 
 /// The `callId` at the start of a binary envelope that carries one.
 fn binary_call_id(bytes: &[u8]) -> Option<u64> {
-    let config = bincode_config();
-    let (variant, _): (u32, usize) = bincode::serde::decode_from_slice(bytes, config).ok()?;
+    let (variant, _): (u32, usize) = decode_bincode(bytes).ok()?;
     match variant {
         // invocation, streamStart, cancel: the callId follows the variant index.
-        0 | 2 | 7 => bincode::serde::decode_from_slice::<(u32, u64), _>(bytes, config)
+        0 | 2 | 7 => decode_bincode::<(u32, u64)>(bytes)
             .ok()
             .map(|((_, id), _)| id),
         // response: an optional callId.
-        1 => bincode::serde::decode_from_slice::<(u32, Option<u64>), _>(bytes, config)
+        1 => decode_bincode::<(u32, Option<u64>)>(bytes)
             .ok()
             .and_then(|((_, id), _)| id),
         _ => None,

@@ -5,8 +5,10 @@
 //!   writer: it writes every frame in the outbox (its own and those queued meanwhile by others)
 //!   and flushes once. A lone caller thus writes straight to the socket, with no hand-off to
 //!   another task, and calls made together share one flush.
-//! * Reading: one task per connection reads the answers and routes each to its caller by
-//!   `callId`.
+//! * Reading: a caller waiting for its answer takes its turn reading the socket itself, routing
+//!   every answer it reads to its caller by `callId`, until its own has come; so an answer wakes
+//!   its caller directly. While no caller waits, a background task reads instead (and notices a
+//!   connection that dies while idle); it hands the socket over whenever a caller asks.
 //! * Losing the connection: every call in flight on it fails with `unavailable` (it is not resent:
 //!   the server may already have run it), and a supervisor reconnects with exponential backoff
 //!   and jitter. A call made while the client is reconnecting waits for the new connection,
@@ -21,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +51,11 @@ type Pending = Mutex<Option<HashMap<u64, oneshot::Sender<Outcome>>>>;
 struct Link<Io: FrameIo> {
     outbox: Mutex<VecDeque<Frame>>,
     writer: tokio::sync::Mutex<SplitSink<Io, Frame>>,
+    /// The reading half; whoever holds it routes the answers. tokio's mutex is fair, so turns
+    /// are taken in order.
+    reader: tokio::sync::Mutex<SplitStream<Io>>,
+    /// A caller wants to read: the background reader gives up its turn.
+    reader_wanted: Notify,
     pending: Pending,
     /// Fired when writing fails, so the reader stops too.
     broken: CancellationToken,
@@ -61,15 +68,46 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<Io: FrameIo> Link<Io> {
-    fn new(io: Io) -> (Arc<Self>, SplitStream<Io>) {
+    fn new(io: Io) -> Arc<Self> {
         let (writer, reader) = io.split();
-        let link = Arc::new(Link {
+        Arc::new(Link {
             outbox: Mutex::default(),
             writer: tokio::sync::Mutex::new(writer),
+            reader: tokio::sync::Mutex::new(reader),
+            reader_wanted: Notify::new(),
             pending: Mutex::new(Some(HashMap::new())),
             broken: CancellationToken::new(),
-        });
-        (link, reader)
+        })
+    }
+
+    /// Waits for the answer to `answer`'s call, reading the socket when it is this caller's turn.
+    /// `Err` means the connection was lost first.
+    async fn answer(&self, mut answer: oneshot::Receiver<Outcome>) -> Result<Outcome, ()> {
+        self.reader_wanted.notify_one();
+        tokio::select! {
+            biased;
+            outcome = &mut answer => outcome.map_err(drop),
+            mut reader = self.reader.lock() => loop {
+                // Another reader may have routed our answer before our turn came.
+                match answer.try_recv() {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(()),
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+                match reader.next().await {
+                    Some(Ok(frame)) => self.deliver(&frame),
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "connection failed");
+                        self.broken.cancel();
+                        return Err(());
+                    }
+                    None => {
+                        self.broken.cancel();
+                        return Err(());
+                    }
+                }
+            },
+        }
     }
 
     /// Queues `frame` and writes the outbox unless another caller is already writing it.
@@ -184,13 +222,13 @@ impl<C: Connector> Multiplexed<C> {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         // The first link is up before `connect` returns: calls made right away must not wait for
         // the supervisor task (waking waiters would lose the order the calls were made in).
-        let (link, reader) = Link::new(io);
+        let link = Link::new(io);
         let (state, watched) = watch::channel(LinkState::Up(link.clone()));
         let closed = CancellationToken::new();
         let peer = connector.peer().to_owned();
         tokio::spawn(supervise(
             connector,
-            (link, reader),
+            link,
             state,
             config.clone(),
             closed.clone(),
@@ -271,9 +309,9 @@ impl<C: Connector> Multiplexed<C> {
                 return Err(self.timed_out(actor_id, method));
             }
         }
-        match timeout_at(deadline, answer).await {
+        match timeout_at(deadline, link.answer(answer)).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(self.lost()),
+            Ok(Err(())) => Err(self.lost()),
             Err(_) => {
                 link.forget(call_id);
                 self.send_cancel(link, call_id);
@@ -325,20 +363,20 @@ impl<C: Connector> Connection for Multiplexed<C> {
 /// Keeps a link up until the client is dropped or reconnecting gives up.
 async fn supervise<C: Connector>(
     connector: C,
-    first: (Arc<Link<C::Io>>, SplitStream<C::Io>),
+    first: Arc<Link<C::Io>>,
     state: watch::Sender<LinkState<C::Io>>,
     config: ClientConfig,
     closed: CancellationToken,
 ) {
     let mut first = Some(first);
     loop {
-        let (link, reader) = match first.take() {
-            Some(live) => live,
+        let link = match first.take() {
+            Some(link) => link,
             None => match reconnect(&connector, &config, &closed).await {
                 Some(io) => {
-                    let (link, reader) = Link::new(io);
+                    let link = Link::new(io);
                     state.send_replace(LinkState::Up(link.clone()));
-                    (link, reader)
+                    link
                 }
                 None => {
                     state.send_replace(LinkState::Closed);
@@ -346,7 +384,7 @@ async fn supervise<C: Connector>(
                 }
             },
         };
-        let lost = read_link(&link, reader, &closed).await;
+        let lost = read_in_background(&link, &closed).await;
         // Every caller still waiting on this link learns it is gone (their reply is dropped).
         lock(&link.pending).take();
         if !lost {
@@ -359,25 +397,32 @@ async fn supervise<C: Connector>(
     }
 }
 
-/// Routes answers until the connection is lost (`true`) or the client is dropped (`false`).
-async fn read_link<Io: FrameIo>(
-    link: &Link<Io>,
-    mut reader: SplitStream<Io>,
-    closed: &CancellationToken,
-) -> bool {
+/// Reads while no caller does, until the connection is lost (`true`) or the client is dropped
+/// (`false`).
+async fn read_in_background<Io: FrameIo>(link: &Link<Io>, closed: &CancellationToken) -> bool {
     loop {
-        tokio::select! {
+        let mut reader = tokio::select! {
             biased;
             _ = closed.cancelled() => return false,
             _ = link.broken.cancelled() => return true,
-            inbound = reader.next() => match inbound {
-                Some(Ok(frame)) => link.deliver(&frame),
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "connection failed");
-                    return true;
-                }
-                None => return true,
-            },
+            reader = link.reader.lock() => reader,
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = closed.cancelled() => return false,
+                _ = link.broken.cancelled() => return true,
+                // A caller waits for an answer: let it read (the lock passes to it in turn).
+                _ = link.reader_wanted.notified() => break,
+                inbound = reader.next() => match inbound {
+                    Some(Ok(frame)) => link.deliver(&frame),
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "connection failed");
+                        return true;
+                    }
+                    None => return true,
+                },
+            }
         }
     }
 }

@@ -188,6 +188,34 @@ pub(crate) fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// Decodes a `T` from the start of `bytes` with bincode, returning it and the bytes read.
+///
+/// bincode allocates a string or byte array of the length a frame announces before reading it,
+/// so a hostile length could make it allocate without bound. A legitimate value never claims
+/// more bytes than `bytes` holds, so the decoder is given a limit from the first size class at or
+/// above `bytes.len()`: a lying length is refused before anything is allocated.
+pub(crate) fn decode_bincode<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    let config = bincode_config();
+    let len = bytes.len();
+    if len <= 4 * KIB {
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ 4 * KIB }>())
+    } else if len <= 64 * KIB {
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ 64 * KIB }>())
+    } else if len <= MIB {
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ MIB }>())
+    } else if len <= 16 * MIB {
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ 16 * MIB }>())
+    } else if len <= 256 * MIB {
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ 256 * MIB }>())
+    } else {
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ 4096 * MIB }>())
+    }
+}
+
 impl Payload {
     /// Serializes `value` in `encoding`.
     pub fn encode<T: Serialize + ?Sized>(
@@ -206,8 +234,7 @@ impl Payload {
         match self.encoding {
             Encoding::Json => Ok(serde_json::from_slice(&self.bytes)?),
             Encoding::Bincode => {
-                let (value, read) =
-                    bincode::serde::decode_from_slice(&self.bytes, bincode_config())?;
+                let (value, read) = decode_bincode(&self.bytes)?;
                 if read != self.bytes.len() {
                     return Err(PayloadError::TrailingBytes(self.bytes.len() - read));
                 }
@@ -502,6 +529,19 @@ mod tests {
             payload.decode::<u8>(),
             Err(PayloadError::TrailingBytes(1))
         ));
+    }
+
+    #[test]
+    fn a_lying_length_is_refused_before_allocating() {
+        // A string that claims u64::MAX / 2 bytes, in 10 bytes of input.
+        let mut bytes = vec![253u8];
+        bytes.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
+        bytes.push(b'x');
+        let payload = Payload {
+            encoding: Encoding::Bincode,
+            bytes,
+        };
+        assert!(payload.decode::<String>().is_err());
     }
 
     #[test]

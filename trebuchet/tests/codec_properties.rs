@@ -142,7 +142,11 @@ fn envelope(encoding: Encoding) -> impl Strategy<Value = Envelope> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn json_frames_round_trip(envelope in envelope(Encoding::Json)) {
