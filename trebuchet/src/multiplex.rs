@@ -7,8 +7,9 @@
 //!   another task, and calls made together share one flush.
 //! * Reading: a caller waiting for its answer takes its turn reading the socket itself, routing
 //!   every answer it reads to its caller by `callId`, until its own has come; so an answer wakes
-//!   its caller directly. While no caller waits, a background task reads instead (and notices a
-//!   connection that dies while idle); it hands the socket over whenever a caller asks.
+//!   its caller directly, and no other task takes part in a call. While no call is in flight
+//!   nobody reads; the first call after that reads what is already there *before* sending, so a
+//!   connection that died while idle is noticed (and re-established) without losing the call.
 //! * Losing the connection: every call in flight on it fails with `unavailable` (it is not resent:
 //!   the server may already have run it), and a supervisor reconnects with exponential backoff
 //!   and jitter. A call made while the client is reconnecting waits for the new connection,
@@ -22,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +45,9 @@ pub(crate) trait Connector: Send + Sync + 'static {
     fn connect(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
+/// The turn to read a link's socket.
+type ReaderTurn<Io> = tokio::sync::OwnedMutexGuard<SplitStream<Io>>;
+
 /// Callers waiting for answers on one link; `None` once the link is gone.
 type Pending = Mutex<Option<HashMap<u64, oneshot::Sender<Outcome>>>>;
 
@@ -53,11 +57,9 @@ struct Link<Io: FrameIo> {
     writer: tokio::sync::Mutex<SplitSink<Io, Frame>>,
     /// The reading half; whoever holds it routes the answers. tokio's mutex is fair, so turns
     /// are taken in order.
-    reader: tokio::sync::Mutex<SplitStream<Io>>,
-    /// A caller wants to read: the background reader gives up its turn.
-    reader_wanted: Notify,
+    reader: Arc<tokio::sync::Mutex<SplitStream<Io>>>,
     pending: Pending,
-    /// Fired when writing fails, so the reader stops too.
+    /// Fired when reading or writing finds the connection gone; the supervisor then reconnects.
     broken: CancellationToken,
 }
 
@@ -73,40 +75,64 @@ impl<Io: FrameIo> Link<Io> {
         Arc::new(Link {
             outbox: Mutex::default(),
             writer: tokio::sync::Mutex::new(writer),
-            reader: tokio::sync::Mutex::new(reader),
-            reader_wanted: Notify::new(),
+            reader: Arc::new(tokio::sync::Mutex::new(reader)),
             pending: Mutex::new(Some(HashMap::new())),
             broken: CancellationToken::new(),
         })
     }
 
-    /// Waits for the answer to `answer`'s call, reading the socket when it is this caller's turn.
-    /// `Err` means the connection was lost first.
-    async fn answer(&self, mut answer: oneshot::Receiver<Outcome>) -> Result<Outcome, ()> {
-        self.reader_wanted.notify_one();
-        tokio::select! {
-            biased;
-            outcome = &mut answer => outcome.map_err(drop),
-            mut reader = self.reader.lock() => loop {
-                // Another reader may have routed our answer before our turn came.
-                match answer.try_recv() {
-                    Ok(outcome) => return Ok(outcome),
-                    Err(oneshot::error::TryRecvError::Closed) => return Err(()),
-                    Err(oneshot::error::TryRecvError::Empty) => {}
+    /// If nobody is reading, reads what has already arrived (without waiting) and keeps the
+    /// reading turn. `Err` if that shows the connection is gone.
+    fn take_idle_reader(&self) -> Result<Option<ReaderTurn<Io>>, ()> {
+        let Ok(mut reader) = self.reader.clone().try_lock_owned() else {
+            return Ok(None);
+        };
+        while let Some(inbound) = reader.next().now_or_never() {
+            match inbound {
+                Some(Ok(frame)) => self.deliver(&frame),
+                Some(Err(_)) | None => {
+                    self.broken.cancel();
+                    return Err(());
                 }
-                match reader.next().await {
-                    Some(Ok(frame)) => self.deliver(&frame),
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "connection failed");
-                        self.broken.cancel();
-                        return Err(());
-                    }
-                    None => {
-                        self.broken.cancel();
-                        return Err(());
-                    }
-                }
+            }
+        }
+        Ok(Some(reader))
+    }
+
+    /// Waits for the answer to `answer`'s call, reading the socket when it is this caller's turn
+    /// (at once if it already holds the turn). `Err` means the connection was lost first.
+    async fn answer(
+        &self,
+        mut answer: oneshot::Receiver<Outcome>,
+        turn: Option<ReaderTurn<Io>>,
+    ) -> Result<Outcome, ()> {
+        let mut reader = match turn {
+            Some(reader) => reader,
+            None => tokio::select! {
+                biased;
+                outcome = &mut answer => return outcome.map_err(drop),
+                reader = self.reader.clone().lock_owned() => reader,
             },
+        };
+        loop {
+            // Another reader may have routed our answer before our turn came.
+            match answer.try_recv() {
+                Ok(outcome) => return Ok(outcome),
+                Err(oneshot::error::TryRecvError::Closed) => return Err(()),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            match reader.next().await {
+                Some(Ok(frame)) => self.deliver(&frame),
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "connection failed");
+                    self.broken.cancel();
+                    return Err(());
+                }
+                None => {
+                    self.broken.cancel();
+                    return Err(());
+                }
+            }
         }
     }
 
@@ -296,7 +322,14 @@ impl<C: Connector> Multiplexed<C> {
             Ok(Err(_)) => return Err(self.lost()),
             Err(_) => return Err(self.timed_out(actor_id, method)),
         };
-        let link = self.link(deadline).await?;
+        let (link, turn) = loop {
+            let link = self.link(deadline).await?;
+            match link.take_idle_reader() {
+                Ok(turn) => break (link, turn),
+                // Found dead before anything was sent: wait for the reconnect and go on.
+                Err(()) => self.wait_for_change(&link, deadline).await?,
+            }
+        };
         let answer = link.expect(call_id).ok_or_else(|| self.lost())?;
         match timeout_at(deadline, link.send(frame)).await {
             Ok(Ok(())) => {}
@@ -309,13 +342,39 @@ impl<C: Connector> Multiplexed<C> {
                 return Err(self.timed_out(actor_id, method));
             }
         }
-        match timeout_at(deadline, link.answer(answer)).await {
+        match timeout_at(deadline, link.answer(answer, turn)).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(())) => Err(self.lost()),
             Err(_) => {
                 link.forget(call_id);
                 self.send_cancel(link, call_id);
                 Err(self.timed_out(actor_id, method))
+            }
+        }
+    }
+
+    /// Waits until the supervisor has replaced the dead `link` (or `deadline` passes).
+    async fn wait_for_change(
+        &self,
+        dead: &Arc<Link<C::Io>>,
+        deadline: Instant,
+    ) -> Result<(), RemoteError> {
+        let mut link = self.link.clone();
+        loop {
+            if let LinkState::Up(current) = &*link.borrow_and_update()
+                && Arc::ptr_eq(current, dead)
+            {
+            } else {
+                return Ok(());
+            }
+            match timeout_at(deadline, link.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    return Err(RemoteError::unavailable(format!(
+                        "not connected to {}: still reconnecting after {:?}",
+                        self.peer, self.config.call_timeout
+                    )));
+                }
             }
         }
     }
@@ -384,7 +443,10 @@ async fn supervise<C: Connector>(
                 }
             },
         };
-        let lost = read_in_background(&link, &closed).await;
+        let lost = tokio::select! {
+            _ = closed.cancelled() => false,
+            _ = link.broken.cancelled() => true,
+        };
         // Every caller still waiting on this link learns it is gone (their reply is dropped).
         lock(&link.pending).take();
         if !lost {
@@ -394,36 +456,6 @@ async fn supervise<C: Connector>(
         }
         tracing::info!(peer = connector.peer(), "connection lost; reconnecting");
         state.send_replace(LinkState::Reconnecting);
-    }
-}
-
-/// Reads while no caller does, until the connection is lost (`true`) or the client is dropped
-/// (`false`).
-async fn read_in_background<Io: FrameIo>(link: &Link<Io>, closed: &CancellationToken) -> bool {
-    loop {
-        let mut reader = tokio::select! {
-            biased;
-            _ = closed.cancelled() => return false,
-            _ = link.broken.cancelled() => return true,
-            reader = link.reader.lock() => reader,
-        };
-        loop {
-            tokio::select! {
-                biased;
-                _ = closed.cancelled() => return false,
-                _ = link.broken.cancelled() => return true,
-                // A caller waits for an answer: let it read (the lock passes to it in turn).
-                _ = link.reader_wanted.notified() => break,
-                inbound = reader.next() => match inbound {
-                    Some(Ok(frame)) => link.deliver(&frame),
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "connection failed");
-                        return true;
-                    }
-                    None => return true,
-                },
-            }
-        }
     }
 }
 
