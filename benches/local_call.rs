@@ -129,6 +129,33 @@ fn local_call(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // Paired batches (see benches/ws_rpc.rs): the ratio to compare with the target.
+    let (mut ours, mut reference) = rt
+        .block_on(rt.spawn(async move {
+            let (mut ours, mut reference) = (Vec::new(), Vec::new());
+            for _ in 0..40 {
+                let start = Instant::now();
+                for _ in 0..20_000 {
+                    black_box(trebuchet.increment(1).await.unwrap());
+                }
+                ours.push(start.elapsed() / 20_000);
+                let start = Instant::now();
+                for _ in 0..20_000 {
+                    black_box(kameo.ask(Increment { by: 1 }).await.unwrap());
+                }
+                reference.push(start.elapsed() / 20_000);
+            }
+            (ours, reference)
+        }))
+        .unwrap();
+    ours.sort();
+    reference.sort();
+    let (a, b) = (ours[ours.len() / 2], reference[reference.len() / 2]);
+    println!(
+        "local_call (paired batches): trebuchet_local {a:.2?} / kameo_ask {b:.2?} = ratio {:.2}",
+        a.as_secs_f64() / b.as_secs_f64()
+    );
 }
 
 criterion_group!(benches, local_call);

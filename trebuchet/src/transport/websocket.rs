@@ -128,10 +128,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Frame> for WebSocketFrames<S> {
     }
 }
 
+/// tungstenite zeroes its whole read buffer before every read, so a large one (the default is
+/// 128 KiB) costs microseconds per call even for small frames; large frames just take a few
+/// more reads.
+const READ_BUFFER_SIZE: usize = 16 * 1024;
+
 fn websocket_config(max_frame_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_frame_size))
         .max_frame_size(Some(max_frame_size))
+        .read_buffer_size(READ_BUFFER_SIZE)
         .write_buffer_size(0)
 }
 
