@@ -523,3 +523,21 @@ async fn frames_of_one_connection_reach_the_actor_in_order() {
     let expected: Vec<u64> = (0..200).collect();
     assert_eq!(history["result"], json!(expected));
 }
+
+#[tokio::test]
+async fn a_connection_that_closed_while_idle_is_replaced_before_the_next_call() {
+    let server = serve_counter_on("127.0.0.1:0".parse().unwrap()).await;
+    let addr = server.local_addr();
+    let client = ActorSystem::new()
+        .connect(Transport::WebSocket(server.url().into()))
+        .await
+        .unwrap();
+    let counter: CounterClient = client.actor("counter");
+    assert_eq!(counter.increment(1).await.unwrap(), 1);
+    // The server restarts while the client is idle...
+    server.shutdown().await;
+    let _server = serve_counter_on(addr).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...and the next call goes to the new server instead of failing on the dead connection.
+    assert_eq!(counter.increment(5).await.unwrap(), 5);
+}
