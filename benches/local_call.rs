@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+#[path = "support/mod.rs"]
+mod support;
 use kameo::actor::Spawn;
 use kameo::message::{Context, Message};
 use tokio::runtime::Runtime;
@@ -130,8 +133,8 @@ fn local_call(c: &mut Criterion) {
     });
     group.finish();
 
-    // Paired batches (see benches/ws_rpc.rs): the ratio to compare with the target.
-    let (mut ours, mut reference) = rt
+    // The ratio to compare with the target (see benches/support).
+    let (ours, reference) = rt
         .block_on(rt.spawn(async move {
             let (mut ours, mut reference) = (Vec::new(), Vec::new());
             for _ in 0..40 {
@@ -149,12 +152,10 @@ fn local_call(c: &mut Criterion) {
             (ours, reference)
         }))
         .unwrap();
-    ours.sort();
-    reference.sort();
-    let (a, b) = (ours[ours.len() / 2], reference[reference.len() / 2]);
-    println!(
-        "local_call (paired batches): trebuchet_local {a:.2?} / kameo_ask {b:.2?} = ratio {:.2}",
-        a.as_secs_f64() / b.as_secs_f64()
+    support::report_ratio(
+        "local_call",
+        ("trebuchet_local", ours),
+        ("kameo_ask", reference),
     );
 }
 

@@ -6,6 +6,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+#[path = "support/mod.rs"]
+mod support;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
@@ -142,9 +145,7 @@ fn ws_rpc(c: &mut Criterion) {
     });
     group.finish();
 
-    // The two measurements above run seconds apart, and this machine's speed drifts more than
-    // that between them. Alternating short batches gives both the same conditions: the ratio of
-    // the medians of the batch means is the figure to compare with the target.
+    // The ratio to compare with the target (see benches/support).
     let mut ws = socket.take().unwrap();
     let (ours, reference) = rt
         .block_on(rt.spawn(async move {
@@ -167,29 +168,10 @@ fn ws_rpc(c: &mut Criterion) {
             (ours, reference)
         }))
         .unwrap();
-    report_ratio(
+    support::report_ratio(
         "ws_rpc",
-        "trebuchet_ws_call",
-        ours,
-        "raw_tungstenite_echo",
-        reference,
-    );
-}
-
-/// Prints the medians of paired batch means and their ratio.
-fn report_ratio(
-    group: &str,
-    ours_name: &str,
-    mut ours: Vec<Duration>,
-    reference_name: &str,
-    mut reference: Vec<Duration>,
-) {
-    ours.sort();
-    reference.sort();
-    let (a, b) = (ours[ours.len() / 2], reference[reference.len() / 2]);
-    println!(
-        "{group} (paired batches): {ours_name} {a:.2?} / {reference_name} {b:.2?} = ratio {:.2}",
-        a.as_secs_f64() / b.as_secs_f64()
+        ("trebuchet_ws_call", ours),
+        ("raw_tungstenite_echo", reference),
     );
 }
 

@@ -269,19 +269,26 @@ impl<C: Connector> Multiplexed<C> {
         })
     }
 
-    /// The live link, waiting (until `deadline`) for a reconnect if there is none.
-    async fn link(&self, deadline: Instant) -> Result<Arc<Link<C::Io>>, RemoteError> {
+    /// The live link, waiting (until `deadline`) for a reconnect if there is none. `dead` is a
+    /// link the caller found closed: it does not count as live.
+    async fn link(
+        &self,
+        deadline: Instant,
+        dead: Option<&Arc<Link<C::Io>>>,
+    ) -> Result<Arc<Link<C::Io>>, RemoteError> {
         let mut link = self.link.clone();
         loop {
             match &*link.borrow_and_update() {
-                LinkState::Up(link) => return Ok(link.clone()),
+                LinkState::Up(link) if !dead.is_some_and(|dead| Arc::ptr_eq(link, dead)) => {
+                    return Ok(link.clone());
+                }
                 LinkState::Closed => {
                     return Err(RemoteError::unavailable(format!(
                         "the connection to {} is closed (reconnect attempts exhausted)",
                         self.peer
                     )));
                 }
-                LinkState::Reconnecting => {}
+                LinkState::Up(_) | LinkState::Reconnecting => {}
             }
             match timeout_at(deadline, link.changed()).await {
                 Ok(Ok(())) => {}
@@ -322,12 +329,13 @@ impl<C: Connector> Multiplexed<C> {
             Ok(Err(_)) => return Err(self.lost()),
             Err(_) => return Err(self.timed_out(actor_id, method)),
         };
+        let mut dead = None;
         let (link, turn) = loop {
-            let link = self.link(deadline).await?;
+            let link = self.link(deadline, dead.as_ref()).await?;
             match link.take_idle_reader() {
                 Ok(turn) => break (link, turn),
                 // Found dead before anything was sent: wait for the reconnect and go on.
-                Err(()) => self.wait_for_change(&link, deadline).await?,
+                Err(()) => dead = Some(link),
             }
         };
         let answer = link.expect(call_id).ok_or_else(|| self.lost())?;
@@ -349,32 +357,6 @@ impl<C: Connector> Multiplexed<C> {
                 link.forget(call_id);
                 self.send_cancel(link, call_id);
                 Err(self.timed_out(actor_id, method))
-            }
-        }
-    }
-
-    /// Waits until the supervisor has replaced the dead `link` (or `deadline` passes).
-    async fn wait_for_change(
-        &self,
-        dead: &Arc<Link<C::Io>>,
-        deadline: Instant,
-    ) -> Result<(), RemoteError> {
-        let mut link = self.link.clone();
-        loop {
-            if let LinkState::Up(current) = &*link.borrow_and_update()
-                && Arc::ptr_eq(current, dead)
-            {
-            } else {
-                return Ok(());
-            }
-            match timeout_at(deadline, link.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => {
-                    return Err(RemoteError::unavailable(format!(
-                        "not connected to {}: still reconnecting after {:?}",
-                        self.peer, self.config.call_timeout
-                    )));
-                }
             }
         }
     }

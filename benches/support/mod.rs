@@ -1,0 +1,26 @@
+//! Shared by the benches: reporting the paired-batch comparison.
+//!
+//! Criterion measures the two sides of a comparison seconds apart, and this machine's speed drifts
+//! more than that between them. Each bench therefore also alternates short batches of both sides
+//! (its own loop, so neither side pays for the harness); the ratio of the medians of the batch
+//! means is the figure to compare with a target.
+
+use std::time::Duration;
+
+/// Prints the medians of the per-call batch means of both sides and their ratio.
+pub fn report_ratio(
+    label: &str,
+    (ours_name, ours): (&str, Vec<Duration>),
+    (reference_name, reference): (&str, Vec<Duration>),
+) {
+    let (a, b) = (median(ours), median(reference));
+    println!(
+        "{label} (paired batches): {ours_name} {a:.2?} / {reference_name} {b:.2?} = ratio {:.2}",
+        a.as_secs_f64() / b.as_secs_f64()
+    );
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
