@@ -1,5 +1,5 @@
-//! The same scenarios over every transport: in-process, WebSocket with bincode frames, and
-//! WebSocket with JSON frames. Each scenario is written once, as a function of a test bed.
+//! The same scenarios over every transport: in-process, WebSocket with bincode frames, WebSocket
+//! with JSON frames, and TCP. Each scenario is written once, as a function of a test bed.
 
 mod common;
 
@@ -180,4 +180,5 @@ transport_suite! {
     local => Kind::Local,
     websocket_bincode => Kind::WebSocketBincode,
     websocket_json => Kind::WebSocketJson,
+    tcp => Kind::Tcp,
 }

@@ -161,6 +161,7 @@ pub enum Kind {
     Local,
     WebSocketBincode,
     WebSocketJson,
+    Tcp,
 }
 
 /// An actor system with `probe`, `slow` (another Probe) and `counter` exposed, and a client to it
@@ -200,6 +201,14 @@ impl Bed {
                     .unwrap();
                 let url = server.url().to_owned();
                 (Some(server), Transport::WebSocket(url))
+            }
+            Kind::Tcp => {
+                let server = system
+                    .serve_tcp("127.0.0.1:0".parse().unwrap())
+                    .await
+                    .unwrap();
+                let address = server.local_addr().to_string();
+                (Some(server), Transport::Tcp(address))
             }
         };
         let client = system.connect_with(transport, config).await.unwrap();

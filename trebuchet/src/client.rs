@@ -157,6 +157,9 @@ impl Client {
             Transport::WebSocket(url) => {
                 ClientRoute::Remote(crate::transport::websocket::connect(&url, config).await?)
             }
+            Transport::Tcp(address) => {
+                ClientRoute::Remote(crate::transport::tcp::connect(&address, config).await?)
+            }
         };
         Ok(Client { route })
     }

@@ -94,6 +94,12 @@ impl ActorSystem {
         crate::transport::websocket::serve(addr, self.service(), ServerConfig::default()).await
     }
 
+    /// Serves the exposed actors over TCP on `addr` (port 0 picks a free port) with the default
+    /// [`ServerConfig`].
+    pub async fn serve_tcp(&self, addr: SocketAddr) -> std::io::Result<ServerHandle> {
+        crate::transport::tcp::serve(addr, self.service(), ServerConfig::default()).await
+    }
+
     /// A client for `transport` with the default [`ClientConfig`].
     pub async fn connect(&self, transport: Transport) -> Result<Client, ConnectError> {
         self.connect_with(transport, ClientConfig::default()).await

@@ -37,12 +37,15 @@ pub(crate) enum Ending {
 
 /// Serves one connection until the peer leaves, the framing breaks, or `shutdown` fires (then the
 /// calls in flight get up to `config.shutdown_grace` to finish and send their answers).
+/// `first_encoding` is for errors about frames before any readable one: JSON on WebSocket (what
+/// any client can read), bincode on TCP (the only encoding there).
 pub(crate) async fn serve_connection<Io, S>(
     mut io: Io,
     mut service: S,
     connection: Arc<ConnectionInfo>,
     config: ServerConfig,
     shutdown: CancellationToken,
+    first_encoding: Encoding,
 ) -> Ending
 where
     Io: FrameIo,
@@ -51,8 +54,9 @@ where
 {
     let mut in_flight = FuturesUnordered::new();
     let mut aborts: HashMap<u64, AbortHandle> = HashMap::new();
-    // Errors about frames that say nothing of their encoding are sent in the last one seen.
-    let mut reply_encoding = Encoding::Json;
+    // Errors about frames that say nothing of their encoding are sent in the last one seen
+    // (before any, in the transport's own).
+    let mut reply_encoding = first_encoding;
     let grace = tokio::time::sleep(config.shutdown_grace);
     tokio::pin!(grace);
     let mut draining = false;

@@ -4,17 +4,21 @@
 //! |---|---|---|---|
 //! | [`Transport::Local`] | [`local`] | none (typed messages) | same process, straight into the actor's mailbox |
 //! | [`Transport::WebSocket`] | [`websocket`] | bincode (binary frames) or JSON (text frames) | one multiplexed connection per client |
+//! | [`Transport::Tcp`] | [`tcp`] | bincode (length-prefixed frames) | one multiplexed connection per client |
 //!
 //! Network transports differ only in framing: they turn their byte stream into [`Frame`]s, and
 //! the shared client ([`crate::client::Connection`]) and server connection loops do the rest.
 
 use std::io;
 
+use tokio::net::TcpStream;
+
 use futures_util::{Sink, Stream};
 
 pub use crate::codec::Frame;
 
 pub mod local;
+pub mod tcp;
 pub mod websocket;
 
 /// Where a [`crate::Client`] sends its calls. Chosen at run time, so the same actor code runs on
@@ -26,6 +30,8 @@ pub enum Transport {
     Local,
     /// A Trebuchet WebSocket server, e.g. `ws://127.0.0.1:9090/`.
     WebSocket(String),
+    /// A Trebuchet TCP server, `host:port`, e.g. `127.0.0.1:9091`.
+    Tcp(String),
 }
 
 /// A transport-level failure of a frame stream.
@@ -57,4 +63,19 @@ pub(crate) trait FrameIo:
 impl<T> FrameIo for T where
     T: Stream<Item = Result<Frame, FrameError>> + Sink<Frame, Error = FrameError> + Unpin + Send
 {
+}
+
+/// Reads and discards what the peer still sends, until it closes or for at most a second (and
+/// 64 MiB), so that closing the socket does not reset the connection under the last answer.
+pub(crate) async fn drain_input(stream: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut budget: usize = 64 * 1024 * 1024;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while budget > 0 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(read)) if read > 0 => budget = budget.saturating_sub(read),
+            _ => return,
+        }
+    }
 }

@@ -263,26 +263,19 @@ async fn serve_socket<S>(
     });
     tracing::debug!(%peer_addr, "WebSocket connection open");
     let mut frames = WebSocketFrames::new(socket);
-    let ending = serve_connection(&mut frames, service, connection, config, shutdown).await;
+    let ending = serve_connection(
+        &mut frames,
+        service,
+        connection,
+        config,
+        shutdown,
+        Encoding::Json,
+    )
+    .await;
     if ending == Ending::DrainInput {
-        drain_input(frames.socket.get_mut()).await;
+        super::drain_input(frames.socket.get_mut()).await;
     }
     tracing::debug!(%peer_addr, "WebSocket connection closed");
-}
-
-/// Reads and discards what the peer still sends, until it closes or for at most a second (and
-/// 64 MiB), so that closing the socket does not reset the connection under the last answer.
-async fn drain_input(stream: &mut TcpStream) {
-    use tokio::io::AsyncReadExt;
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut budget: usize = 64 * 1024 * 1024;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
-    while budget > 0 {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
-            Ok(Ok(read)) if read > 0 => budget = budget.saturating_sub(read),
-            _ => return,
-        }
-    }
 }
 
 /// Opens WebSocket connections to one URL.

@@ -1,0 +1,394 @@
+//! The TCP transport: length-prefixed binary frames.
+//!
+//! Every frame is a 4-byte big-endian length, then that many bytes. The first frame in each
+//! direction is a [`Handshake`] (protocol version and encoding); every frame after it is one
+//! bincode envelope, exactly as in WebSocket binary messages. The length is checked against the
+//! limit before any buffer is reserved for the frame.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, BytesMut};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Decoder, Encoder, Framed};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+
+use crate::client::{ClientConfig, ConnectError, Connection};
+use crate::codec::Frame;
+use crate::multiplex::{Connector, Multiplexed};
+use crate::protocol::{Encoding, PROTOCOL_VERSION, Payload, RemoteError, decode_bincode};
+use crate::server::connection::{Ending, serve_connection};
+use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
+use crate::transport::FrameError;
+
+/// The first frame of a TCP connection, in each direction: `b"TRBT"`, the protocol version and
+/// the encoding of the frames that follow (always bincode on TCP).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handshake {
+    /// Always `b"TRBT"`, so a stray client of another protocol is refused at once.
+    pub magic: [u8; 4],
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The encoding of the envelopes that follow.
+    pub encoding: Encoding,
+}
+
+impl Handshake {
+    const MAGIC: [u8; 4] = *b"TRBT";
+
+    /// The handshake this crate sends.
+    pub fn current() -> Self {
+        Handshake {
+            magic: Self::MAGIC,
+            version: PROTOCOL_VERSION,
+            encoding: Encoding::Bincode,
+        }
+    }
+
+    fn to_frame(&self) -> Frame {
+        let data = bincode::serde::encode_to_vec(self, crate::protocol::bincode_config())
+            .expect("a handshake always encodes");
+        Frame {
+            encoding: Encoding::Bincode,
+            data: data.into(),
+        }
+    }
+
+    /// Reads and checks a peer's handshake.
+    fn check(frame: &Frame) -> Result<(), String> {
+        let handshake: Handshake = match decode_bincode(&frame.data) {
+            Ok((handshake, read)) if read == frame.data.len() => handshake,
+            _ => return Err("the first frame is not a Trebuchet handshake".into()),
+        };
+        if handshake.magic != Self::MAGIC {
+            return Err("the first frame is not a Trebuchet handshake".into());
+        }
+        if handshake.version != PROTOCOL_VERSION {
+            return Err(format!(
+                "protocol version {} is not supported (this peer speaks {PROTOCOL_VERSION})",
+                handshake.version
+            ));
+        }
+        if handshake.encoding != Encoding::Bincode {
+            return Err("TCP frames are bincode only".into());
+        }
+        Ok(())
+    }
+}
+
+/// 4-byte big-endian length, then the frame.
+struct LengthPrefixed {
+    max_frame_size: usize,
+}
+
+impl Decoder for LengthPrefixed {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        let Some(header) = src.get(..4) else {
+            return Ok(None);
+        };
+        let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if size > self.max_frame_size {
+            return Err(FrameError::TooLarge {
+                size,
+                max: self.max_frame_size,
+            });
+        }
+        if src.len() < 4 + size {
+            src.reserve(4 + size - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        Ok(Some(Frame {
+            encoding: Encoding::Bincode,
+            data: src.split_to(size).freeze(),
+        }))
+    }
+}
+
+impl Encoder<Frame> for LengthPrefixed {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        if frame.encoding != Encoding::Bincode {
+            return Err(FrameError::Protocol("TCP frames are bincode only".into()));
+        }
+        let size = u32::try_from(frame.data.len())
+            .map_err(|_| FrameError::Protocol("frame over 4 GiB".into()))?;
+        dst.reserve(4 + frame.data.len());
+        dst.put_u32(size);
+        dst.extend_from_slice(&frame.data);
+        Ok(())
+    }
+}
+
+/// A TCP connection (after the handshake) as a duplex stream of [`Frame`]s.
+pub struct TcpFrames {
+    framed: Framed<TcpStream, LengthPrefixed>,
+}
+
+impl TcpFrames {
+    fn new(stream: TcpStream, max_frame_size: usize) -> Self {
+        let _ = stream.set_nodelay(true);
+        TcpFrames {
+            framed: Framed::new(stream, LengthPrefixed { max_frame_size }),
+        }
+    }
+
+    /// Sends our handshake and checks the peer's.
+    async fn handshake(&mut self) -> Result<(), FrameError> {
+        self.send(Handshake::current().to_frame()).await?;
+        match self.next().await {
+            Some(Ok(frame)) => Handshake::check(&frame).map_err(FrameError::Protocol),
+            Some(Err(error)) => Err(error),
+            None => Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+        }
+    }
+}
+
+impl Stream for TcpFrames {
+    type Item = Result<Frame, FrameError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Poll::Ready(ready!(self.framed.poll_next_unpin(cx)))
+    }
+}
+
+impl Sink<Frame> for TcpFrames {
+    type Error = FrameError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+        self.framed.poll_ready_unpin(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, frame: Frame) -> Result<(), FrameError> {
+        self.framed.start_send_unpin(frame)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+        self.framed.poll_flush_unpin(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+        self.framed.poll_close_unpin(cx)
+    }
+}
+
+/// Serves `service` over TCP on `addr` (port 0 picks a free port) until the returned handle is
+/// shut down or dropped. Every connection gets its own clone of `service`.
+pub async fn serve<S>(
+    addr: SocketAddr,
+    service: S,
+    config: ServerConfig,
+) -> io::Result<ServerHandle>
+where
+    S: Service<Call, Response = Payload, Error = RemoteError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let accept_loop = tokio::spawn(accept_loop(
+        listener,
+        service,
+        config.clone(),
+        shutdown.clone(),
+        connections.clone(),
+    ));
+    tracing::info!(%local_addr, "TCP server listening");
+    Ok(ServerHandle::new(
+        local_addr,
+        local_addr.to_string(),
+        shutdown,
+        connections,
+        accept_loop,
+        config.shutdown_grace,
+    ))
+}
+
+async fn accept_loop<S>(
+    listener: TcpListener,
+    service: S,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+) where
+    S: Service<Call, Response = Payload, Error = RemoteError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer_addr)) => {
+                connections.spawn(serve_socket(
+                    stream,
+                    peer_addr,
+                    service.clone(),
+                    config.clone(),
+                    shutdown.child_token(),
+                ));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_socket<S>(
+    stream: TcpStream,
+    peer_addr: SocketAddr,
+    service: S,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) where
+    S: Service<Call, Response = Payload, Error = RemoteError> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let mut frames = TcpFrames::new(stream, config.max_frame_size);
+    match tokio::time::timeout(config.handshake_timeout, frames.handshake()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::debug!(%peer_addr, %error, "TCP handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer_addr, "TCP handshake timed out");
+            return;
+        }
+    }
+    let connection = Arc::new(ConnectionInfo {
+        transport: "tcp",
+        peer_addr: Some(peer_addr),
+        ..ConnectionInfo::default()
+    });
+    tracing::debug!(%peer_addr, "TCP connection open");
+    let ending = serve_connection(
+        &mut frames,
+        service,
+        connection,
+        config,
+        shutdown,
+        Encoding::Bincode,
+    )
+    .await;
+    if ending == Ending::DrainInput {
+        super::drain_input(frames.framed.get_mut()).await;
+    }
+    tracing::debug!(%peer_addr, "TCP connection closed");
+}
+
+/// Opens TCP connections to one address.
+struct TcpConnector {
+    address: String,
+    max_frame_size: usize,
+}
+
+impl Connector for TcpConnector {
+    type Io = TcpFrames;
+
+    fn peer(&self) -> &str {
+        &self.address
+    }
+
+    async fn connect(&self) -> io::Result<TcpFrames> {
+        let stream = TcpStream::connect(self.address.as_str()).await?;
+        let mut frames = TcpFrames::new(stream, self.max_frame_size);
+        frames.handshake().await.map_err(|error| match error {
+            FrameError::Io(error) => error,
+            other => io::Error::other(other.to_string()),
+        })?;
+        Ok(frames)
+    }
+}
+
+/// Connects a multiplexed, reconnecting client to the server at `address` (`host:port`).
+pub(crate) async fn connect(
+    address: &str,
+    config: ClientConfig,
+) -> Result<Arc<dyn Connection>, ConnectError> {
+    if !address.contains(':') {
+        return Err(ConnectError::InvalidAddress {
+            address: address.to_owned(),
+            reason: "expected host:port".into(),
+        });
+    }
+    let mut config = config;
+    // Every TCP frame is bincode.
+    config.encoding = Encoding::Bincode;
+    let connector = TcpConnector {
+        address: address.to_owned(),
+        max_frame_size: config.max_frame_size,
+    };
+    let connection = Multiplexed::connect(connector, config)
+        .await
+        .map_err(|source| ConnectError::Io {
+            address: address.to_owned(),
+            source,
+        })?;
+    Ok(Arc::new(connection))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_length_prefixed_and_checked_before_reserving() {
+        let mut codec = LengthPrefixed { max_frame_size: 8 };
+        let mut buffer = BytesMut::new();
+        codec
+            .encode(
+                Frame {
+                    encoding: Encoding::Bincode,
+                    data: vec![1, 2, 3].into(),
+                },
+                &mut buffer,
+            )
+            .unwrap();
+        assert_eq!(&buffer[..], &[0, 0, 0, 3, 1, 2, 3]);
+        let frame = codec.decode(&mut buffer).unwrap().unwrap();
+        assert_eq!(&frame.data[..], &[1, 2, 3]);
+
+        let mut hostile = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0][..]);
+        match codec.decode(&mut hostile) {
+            Err(FrameError::TooLarge { size, max: 8 }) => assert_eq!(size, u32::MAX as usize),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(
+            hostile.capacity() < 1024,
+            "nothing was reserved for the frame"
+        );
+    }
+
+    #[test]
+    fn handshakes_are_checked() {
+        assert!(Handshake::check(&Handshake::current().to_frame()).is_ok());
+        let mut old = Handshake::current();
+        old.version = 0;
+        assert!(
+            Handshake::check(&old.to_frame())
+                .unwrap_err()
+                .contains("version")
+        );
+        let junk = Frame {
+            encoding: Encoding::Bincode,
+            data: b"GET / HTTP/1.1\r\n".to_vec().into(),
+        };
+        assert!(Handshake::check(&junk).is_err());
+    }
+}
