@@ -376,6 +376,12 @@ mod tests {
     }
 
     #[test]
+    fn the_handshake_is_the_six_bytes_in_the_protocol_document() {
+        let frame = Handshake::current().to_frame();
+        assert_eq!(&frame.data[..], &[0x54, 0x52, 0x42, 0x54, 0x01, 0x01]);
+    }
+
+    #[test]
     fn handshakes_are_checked() {
         assert!(Handshake::check(&Handshake::current().to_frame()).is_ok());
         let mut old = Handshake::current();

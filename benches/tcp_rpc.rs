@@ -1,0 +1,171 @@
+//! Sequential TCP RPC round trip with a 64-byte payload, against a raw tokio TCP echo of the same
+//! number of bytes as Trebuchet's request frame (length prefix included), in one run.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+
+#[path = "support/mod.rs"]
+mod support;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use trebuchet::codec;
+use trebuchet::protocol::{Envelope, Invocation};
+use trebuchet::{
+    ActorSystem, Encoding, Metadata, Payload, RemoteError, Transport, distributed_actor,
+};
+
+const PAYLOAD: usize = 64;
+
+#[distributed_actor]
+pub trait Echo {
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError>;
+}
+
+struct EchoActor;
+
+impl Echo for EchoActor {
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError> {
+        Ok(data)
+    }
+}
+
+/// The size on the wire of one `echo` call: length prefix and bincode envelope.
+fn request_size() -> usize {
+    let args = Payload::encode(&(vec![7u8; PAYLOAD],), Encoding::Bincode).unwrap();
+    let envelope = Envelope::Invocation(Invocation {
+        call_id: 1000,
+        actor_id: "echo".into(),
+        method: "echo".into(),
+        args,
+        metadata: Metadata::new(),
+    });
+    4 + codec::encode(&envelope, Encoding::Bincode)
+        .unwrap()
+        .data
+        .len()
+}
+
+async fn raw_echo_server(size: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; size];
+                while stream.read_exact(&mut buffer).await.is_ok() {
+                    if stream.write_all(&buffer).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn raw_round_trip(stream: &mut TcpStream, message: &mut [u8]) {
+    stream.write_all(message).await.unwrap();
+    stream.read_exact(message).await.unwrap();
+}
+
+fn tcp_rpc(c: &mut Criterion) {
+    let rt = runtime();
+    let size = request_size();
+    let (echo, raw_address, _server) = rt.block_on(async {
+        let system = ActorSystem::new();
+        system.expose("echo", EchoActor.into_actor()).unwrap();
+        let server = system
+            .serve_tcp("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let client = system
+            .connect(Transport::Tcp(server.local_addr().to_string()))
+            .await
+            .unwrap();
+        let echo: EchoClient = client.actor("echo");
+        (echo, raw_echo_server(size).await, server)
+    });
+    println!("tcp_rpc: {PAYLOAD}-byte argument; {size} bytes on the wire per request, both sides");
+    let mut raw = Some(rt.block_on(async move {
+        let stream = TcpStream::connect(raw_address).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+    }));
+
+    let mut group = c.benchmark_group("tcp_rpc");
+    group.bench_function("trebuchet_tcp_call", |b| {
+        b.iter_custom(|iters| {
+            let echo = echo.clone();
+            rt.block_on(rt.spawn(async move {
+                let data = vec![7u8; PAYLOAD];
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(echo.echo(data.clone()).await.unwrap());
+                }
+                start.elapsed()
+            }))
+            .unwrap()
+        })
+    });
+    group.bench_function("raw_tcp_echo", |b| {
+        b.iter_custom(|iters| {
+            let mut stream = raw.take().unwrap();
+            let (elapsed, stream): (Duration, _) = rt
+                .block_on(rt.spawn(async move {
+                    let mut message = vec![7u8; size];
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        raw_round_trip(&mut stream, &mut message).await;
+                    }
+                    (start.elapsed(), stream)
+                }))
+                .unwrap();
+            raw = Some(stream);
+            elapsed
+        })
+    });
+    group.finish();
+
+    // The ratio to compare with the target (see benches/support).
+    let mut stream = raw.take().unwrap();
+    let (ours, reference) = rt
+        .block_on(rt.spawn(async move {
+            let data = vec![7u8; PAYLOAD];
+            let mut message = vec![7u8; size];
+            let (mut ours, mut reference) = (Vec::new(), Vec::new());
+            for _ in 0..40 {
+                let start = Instant::now();
+                for _ in 0..250 {
+                    black_box(echo.echo(data.clone()).await.unwrap());
+                }
+                ours.push(start.elapsed() / 250);
+                let start = Instant::now();
+                for _ in 0..250 {
+                    raw_round_trip(&mut stream, &mut message).await;
+                }
+                reference.push(start.elapsed() / 250);
+            }
+            (ours, reference)
+        }))
+        .unwrap();
+    support::report_ratio(
+        "tcp_rpc",
+        ("trebuchet_tcp_call", ours),
+        ("raw_tcp_echo", reference),
+    );
+}
+
+criterion_group!(benches, tcp_rpc);
+criterion_main!(benches);
