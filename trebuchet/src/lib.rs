@@ -58,6 +58,7 @@ pub mod codec;
 mod multiplex;
 pub mod protocol;
 pub mod server;
+pub mod state;
 mod system;
 pub mod transport;
 

@@ -243,6 +243,11 @@ impl Payload {
         }
     }
 
+    /// A payload of `bytes` already encoded in `encoding` (not checked until decoded).
+    pub fn from_bytes(encoding: Encoding, bytes: Vec<u8>) -> Payload {
+        Payload { encoding, bytes }
+    }
+
     /// A JSON payload from JSON text (checked to be one valid JSON value).
     pub fn from_json_text(text: &str) -> Result<Payload, PayloadError> {
         let raw: &RawValue = serde_json::from_str(text)?;
