@@ -67,8 +67,9 @@ pub async fn stale_versions_conflict(store: &dyn ActorStateStore, prefix: &str) 
 /// Many savers expecting the same version: exactly one wins each round.
 pub async fn concurrent_savers_one_wins(store: &dyn ActorStateStore, prefix: &str) {
     let id = format!("{prefix}/race");
-    let mut version = 0;
     for round in 0..5u64 {
+        // Each round starts from the version the previous round's winner wrote.
+        let version = round;
         let saves = (0..8u64).map(|saver| {
             let bytes = format!("round {round} saver {saver}").into_bytes();
             store.save(&id, bytes, version)
@@ -85,7 +86,6 @@ pub async fn concurrent_savers_one_wins(store: &dyn ActorStateStore, prefix: &st
                 .all(|r| matches!(r, Ok(_) | Err(StateError::Conflict { .. }))),
             "losers must get Conflict: {results:?}"
         );
-        version += 1;
     }
 }
 
