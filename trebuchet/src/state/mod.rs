@@ -21,9 +21,11 @@ use serde::de::DeserializeOwned;
 use crate::protocol::{Encoding, ErrorCode, Payload, RemoteError};
 
 pub mod conformance;
+mod handle;
 mod memory;
 mod redb;
 
+pub use handle::{State, Versioned};
 pub use memory::MemoryStateStore;
 pub use redb::RedbStateStore;
 
