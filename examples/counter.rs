@@ -1,15 +1,18 @@
 //! The counter actor, called over WebSocket.
 //!
 //! * `cargo run --example counter` starts a server on a free port, calls the counter through the
-//!   generated client stub over WebSocket (and in-process), prints what it did, and exits.
+//!   generated client stub over WebSocket (and in-process), prints what it did, and exits. The
+//!   count is kept in an embedded database (redb) under your local data directory, so it goes on
+//!   from where it was at the next run; set `TREBUCHET_STATE_FILE` to use another file.
 //! * `cargo run --example counter -- serve 127.0.0.1:9090` serves the actor `counter` (methods
 //!   `increment(by)` and `get()`) at `ws://127.0.0.1:9090/` until Ctrl-C, for clients in any
 //!   language (see docs/PROTOCOL.md), e.g. `tests/python/protocol_client.py`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
+use trebuchet::state::{ActorStateStore, MemoryStateStore, RedbStateStore, State};
 use trebuchet::{ActorSystem, RemoteError, Transport, distributed_actor};
 
 /// What can go wrong when counting.
@@ -32,32 +35,56 @@ pub trait Counter {
     async fn get(&self) -> Result<u64, CounterError>;
 }
 
-/// The actor: a plain struct. Calls run one at a time, so a load-then-store is safe.
-#[derive(Default)]
-struct MemoryCounter {
-    value: AtomicU64,
+/// The counter's persistent state.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+struct CounterState {
+    value: u64,
 }
 
-impl Counter for MemoryCounter {
+/// The actor: a plain struct whose state lives in a store.
+struct PersistentCounter {
+    state: State<CounterState>,
+}
+
+impl PersistentCounter {
+    fn new(store: Arc<dyn ActorStateStore>) -> Self {
+        PersistentCounter {
+            state: State::new(store, "counter"),
+        }
+    }
+}
+
+impl Counter for PersistentCounter {
     async fn increment(&self, by: u64) -> Result<u64, CounterError> {
-        let value = self.value.load(Ordering::Acquire);
-        let value = value.checked_add(by).ok_or(CounterError::Overflow)?;
-        self.value.store(value, Ordering::Release);
-        Ok(value)
+        self.state
+            .update(|state| {
+                state.value = state.value.checked_add(by).ok_or(CounterError::Overflow)?;
+                Ok(state.value)
+            })
+            .await
     }
 
     async fn get(&self) -> Result<u64, CounterError> {
-        Ok(self.value.load(Ordering::Acquire))
+        Ok(self.state.get().await?.value)
     }
 }
 
+/// The persistent store: the default state file, or `TREBUCHET_STATE_FILE`.
+fn open_store() -> anyhow::Result<Arc<dyn ActorStateStore>> {
+    let path = RedbStateStore::default_path();
+    let store = RedbStateStore::open(&path).with_context(|| {
+        format!(
+            "cannot open the state file {} (is another counter running?)",
+            path.display()
+        )
+    })?;
+    Ok(Arc::new(store))
+}
+
 /// Works with the actor itself, an in-process reference and a remote stub alike.
-async fn count_to(counter: &impl Counter, target: u64) -> Result<u64, CounterError> {
-    let now = counter.get().await?;
-    if now < target {
-        counter.increment(target - now).await?;
-    }
-    counter.get().await
+async fn add_twice(counter: &impl Counter, by: u64) -> Result<u64, CounterError> {
+    counter.increment(by).await?;
+    counter.increment(by).await
 }
 
 #[tokio::main]
@@ -89,8 +116,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+    let store = open_store()?;
     let system = ActorSystem::new();
-    system.expose("counter", MemoryCounter::default().into_actor())?;
+    system.expose("counter", PersistentCounter::new(store).into_actor())?;
     let server = system
         .serve_websocket(addr)
         .await
@@ -106,17 +134,22 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 async fn demo() -> anyhow::Result<()> {
+    let store = open_store()?;
     let system = ActorSystem::new();
-    system.expose("counter", MemoryCounter::default().into_actor())?;
+    system.expose("counter", PersistentCounter::new(store).into_actor())?;
     let server = system.serve_websocket("127.0.0.1:0".parse()?).await?;
     println!("server: actor 'counter' at {}", server.url());
+    println!("state:  {}", RedbStateStore::default_path().display());
 
     let client = system
         .connect(Transport::WebSocket(server.url().to_owned()))
         .await?;
     let counter: CounterClient = client.actor("counter");
+    println!(
+        "websocket: get() -> {} (kept from earlier runs)",
+        counter.get().await?
+    );
     println!("websocket: increment(5) -> {}", counter.increment(5).await?);
-    println!("websocket: get() -> {}", counter.get().await?);
 
     let calls = (0..10).map(|_| counter.increment(1));
     let results = futures_util::future::try_join_all(calls).await?;
@@ -124,7 +157,7 @@ async fn demo() -> anyhow::Result<()> {
 
     match counter.increment(u64::MAX).await {
         Err(CounterError::Overflow) => {
-            println!("websocket: increment(u64::MAX) -> Err(Overflow), typed")
+            println!("websocket: increment(u64::MAX) -> Err(Overflow), typed; nothing saved")
         }
         other => anyhow::bail!("expected the typed Overflow error, got {other:?}"),
     }
@@ -132,19 +165,20 @@ async fn demo() -> anyhow::Result<()> {
     let local = system.connect(Transport::Local).await?;
     let in_process: CounterClient = local.actor("counter");
     println!(
-        "local: count_to(100) -> {}",
-        count_to(&in_process, 100).await?
+        "local: add_twice(10) -> {}",
+        add_twice(&in_process, 10).await?
     );
     println!(
         "websocket: get() -> {} (the same actor)",
         counter.get().await?
     );
+    let scratch = PersistentCounter::new(Arc::new(MemoryStateStore::new()));
     println!(
-        "plain struct: count_to(3) -> {}",
-        count_to(&MemoryCounter::default(), 3).await?
+        "plain struct, in memory: add_twice(3) -> {}",
+        add_twice(&scratch, 3).await?
     );
 
     server.shutdown().await;
-    println!("server stopped");
+    println!("server stopped; run again to continue counting");
     Ok(())
 }

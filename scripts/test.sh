@@ -25,6 +25,9 @@ trap cleanup EXIT
 
 echo "==> protocol client (Python, from docs/PROTOCOL.md) against the counter example"
 cargo build --quiet --example counter
+# The example keeps its count in a state file; the tests use one of their own.
+state_dir=$(mktemp -d)
+export TREBUCHET_STATE_FILE="$state_dir/state.redb"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 "$target_dir/debug/examples/counter" serve "127.0.0.1:$port" &
@@ -36,6 +39,18 @@ done
 python3 tests/python/protocol_client.py "ws://127.0.0.1:$port/"
 cleanup
 server_pid=""
+
+echo "==> the counter example keeps its count across runs"
+"$target_dir/debug/examples/counter" > "$state_dir/first.txt"
+"$target_dir/debug/examples/counter" > "$state_dir/second.txt"
+first=$(sed -n 's/^websocket: get() -> \([0-9]*\) (the same actor)$/\1/p' "$state_dir/first.txt")
+again=$(sed -n 's/^websocket: get() -> \([0-9]*\) (kept from earlier runs)$/\1/p' "$state_dir/second.txt")
+if [ -z "$first" ] || [ "$first" != "$again" ]; then
+    echo "the second run started at '$again', not at the first run's final count '$first'" >&2
+    exit 1
+fi
+echo "ok: the second run started at $again"
+rm -rf "$state_dir"
 
 echo "==> documentation examples"
 cargo test --quiet --workspace --doc
