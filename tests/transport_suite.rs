@@ -182,3 +182,35 @@ transport_suite! {
     websocket_json => Kind::WebSocketJson,
     tcp => Kind::Tcp,
 }
+
+/// A pool of connections spreads calls over several connections and loses nothing.
+async fn a_connection_pool_spreads_calls(kind: Kind) {
+    let mut config = trebuchet::ClientConfig::default();
+    config.connections = 4;
+    let bed = Bed::start_with(kind, config).await;
+    assert_eq!(bed.server.as_ref().unwrap().open_connections(), 4);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let counter = bed.counter();
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    counter.increment(1).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(bed.counter().get().await.unwrap(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_connection_pool_spreads_calls() {
+    a_connection_pool_spreads_calls(Kind::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_connection_pool_spreads_calls() {
+    a_connection_pool_spreads_calls(Kind::WebSocketBincode).await;
+}

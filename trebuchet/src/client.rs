@@ -82,6 +82,11 @@ pub struct ClientConfig {
     pub max_frame_size: usize,
     /// How many calls may be in flight on one connection before callers wait (default 1024).
     pub max_in_flight: usize,
+    /// How many connections to open to the server (default 1). Calls are spread over them in
+    /// turn. With more than one, calls made at the same moment may reach the server in another
+    /// order than they were made (they race on different connections); calls to one actor still
+    /// run one at a time, in the order they arrive.
+    pub connections: usize,
     /// Reconnection after a lost connection.
     pub reconnect: ReconnectPolicy,
     /// Sent with every invocation (for example `authorization`).
@@ -96,6 +101,7 @@ impl Default for ClientConfig {
             encoding: Encoding::Bincode,
             max_frame_size: 1024 * 1024,
             max_in_flight: 1024,
+            connections: 1,
             reconnect: ReconnectPolicy::default(),
             metadata: Metadata::new(),
         }

@@ -18,7 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::BoxFuture;
@@ -383,6 +383,52 @@ impl<C: Connector> Multiplexed<C> {
             "{actor_id}.{method} did not answer within {:?}",
             self.config.call_timeout
         ))
+    }
+}
+
+/// Several connections to one server, used in turn.
+pub(crate) struct Pool {
+    members: Vec<Arc<dyn Connection>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// Opens `config.connections` connections made by `connector` (at least one); a
+    /// single connection is returned as it is.
+    pub(crate) async fn connect<C: Connector>(
+        connector: impl Fn() -> C,
+        config: ClientConfig,
+    ) -> io::Result<Arc<dyn Connection>> {
+        let count = config.connections.max(1);
+        let mut members: Vec<Arc<dyn Connection>> = Vec::with_capacity(count);
+        for _ in 0..count {
+            members.push(Arc::new(
+                Multiplexed::connect(connector(), config.clone()).await?,
+            ));
+        }
+        if members.len() == 1 {
+            return Ok(members.remove(0));
+        }
+        Ok(Arc::new(Pool {
+            members,
+            next: AtomicUsize::new(0),
+        }))
+    }
+}
+
+impl Connection for Pool {
+    fn encoding(&self) -> Encoding {
+        self.members[0].encoding()
+    }
+
+    fn invoke<'a>(
+        &'a self,
+        actor_id: &'a str,
+        method: &'a str,
+        args: Payload,
+    ) -> BoxFuture<'a, Outcome> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.members.len();
+        self.members[turn].invoke(actor_id, method, args)
     }
 }
 

@@ -151,6 +151,11 @@ impl ServerHandle {
         self.local_addr
     }
 
+    /// How many client connections are open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
+    }
+
     /// The URL clients connect to, e.g. `ws://127.0.0.1:9090/`.
     pub fn url(&self) -> &str {
         &self.url

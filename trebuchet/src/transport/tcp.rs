@@ -22,7 +22,7 @@ use tower_service::Service;
 
 use crate::client::{ClientConfig, ConnectError, Connection};
 use crate::codec::Frame;
-use crate::multiplex::{Connector, Multiplexed};
+use crate::multiplex::{Connector, Pool};
 use crate::protocol::{Encoding, PROTOCOL_VERSION, Payload, RemoteError, decode_bincode};
 use crate::server::connection::{Ending, serve_connection};
 use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
@@ -330,17 +330,17 @@ pub(crate) async fn connect(
     let mut config = config;
     // Every TCP frame is bincode.
     config.encoding = Encoding::Bincode;
-    let connector = TcpConnector {
+    let max_frame_size = config.max_frame_size;
+    let connector = || TcpConnector {
         address: address.to_owned(),
-        max_frame_size: config.max_frame_size,
+        max_frame_size,
     };
-    let connection = Multiplexed::connect(connector, config)
+    Pool::connect(connector, config)
         .await
         .map_err(|source| ConnectError::Io {
             address: address.to_owned(),
             source,
-        })?;
-    Ok(Arc::new(connection))
+        })
 }
 
 #[cfg(test)]

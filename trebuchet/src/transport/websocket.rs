@@ -24,7 +24,7 @@ use tower_service::Service;
 
 use crate::client::{ClientConfig, ConnectError, Connection};
 use crate::codec::Frame;
-use crate::multiplex::{Connector, Multiplexed};
+use crate::multiplex::{Connector, Pool};
 use crate::protocol::{Encoding, Payload, RemoteError};
 use crate::server::connection::{Ending, serve_connection};
 use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
@@ -327,15 +327,15 @@ pub(crate) async fn connect(
         }
         _ => return Err(invalid("the URL must start with ws://".into())),
     }
-    let connector = WebSocketConnector {
+    let max_frame_size = config.max_frame_size;
+    let connector = || WebSocketConnector {
         url: url.to_owned(),
-        max_frame_size: config.max_frame_size,
+        max_frame_size,
     };
-    let connection = Multiplexed::connect(connector, config)
+    Pool::connect(connector, config)
         .await
         .map_err(|source| ConnectError::Io {
             address: url.to_owned(),
             source,
-        })?;
-    Ok(Arc::new(connection))
+        })
 }
