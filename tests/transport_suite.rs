@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use trebuchet::{ErrorCode, RemoteActor};
 
@@ -150,6 +151,81 @@ async fn stubs_are_cheap_handles(bed: Bed) {
     assert_eq!(copy.echo("b".into()).await.unwrap(), "b");
 }
 
+async fn streams_deliver_every_item_in_order(bed: Bed) {
+    let items: Vec<u64> = bed
+        .probe()
+        .count_up(2000)
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(items, (1..=2000).collect::<Vec<_>>());
+    // Empty streams end at once.
+    let empty: Vec<_> = bed.probe().count_up(0).await.unwrap().collect().await;
+    assert!(empty.is_empty());
+}
+
+async fn a_stream_error_ends_the_stream(bed: Bed) {
+    let mut stream = bed.probe().fail_after(3).await.unwrap();
+    for expected in 1..=3 {
+        assert_eq!(stream.next().await.unwrap().unwrap(), expected);
+    }
+    let error = stream.next().await.unwrap().unwrap_err();
+    assert!(error.message.contains("dried up"), "{error}");
+    assert!(stream.next().await.is_none());
+}
+
+async fn a_refused_stream_is_a_typed_error(bed: Bed) {
+    let error = bed
+        .probe()
+        .refuse_stream("closed".into())
+        .await
+        .unwrap_err();
+    assert_eq!(error, ProbeError::Refused("closed".into()));
+}
+
+async fn dropping_a_stream_stops_its_producer(bed: Bed) {
+    let probe = bed.probe();
+    // Watched from a connection of its own (see the next scenario).
+    let monitor: ProbeClient = bed.second_client().await.actor("probe");
+    let mut stream = probe.endless(16).await.unwrap();
+    for _ in 0..5 {
+        stream.next().await.unwrap().unwrap();
+    }
+    drop(stream);
+    let mut stopped = false;
+    for _ in 0..100 {
+        if monitor.production().await.unwrap().1 {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stopped, "the producer never saw the stream dropped");
+    // The connection is still fine.
+    assert_eq!(probe.echo("after".into()).await.unwrap(), "after");
+}
+
+async fn a_slow_consumer_holds_back_a_fast_producer(bed: Bed) {
+    let probe = bed.probe();
+    // A consumer that is not reading holds up its connection once its buffer is full (there is
+    // no per-stream flow control yet), so the producer is watched over a connection of its own.
+    let monitor: ProbeClient = bed.second_client().await.actor("probe");
+    let mut stream = probe.endless(4096).await.unwrap();
+    for _ in 0..20 {
+        stream.next().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (produced, _) = monitor.production().await.unwrap();
+    // Unchecked, the producer would have made hundreds of thousands of 4 KiB items by now; with
+    // backpressure it is held to what the buffers on the way hold (a few MiB at most).
+    assert!(
+        produced < 2_000,
+        "the producer ran ahead: {produced} items for 20 taken"
+    );
+}
+
 macro_rules! transport_suite {
     ($($transport:ident => $kind:expr),* $(,)?) => {$(
         mod $transport {
@@ -165,6 +241,11 @@ macro_rules! transport_suite {
                 other_actors_are_not_held_up_by_a_busy_one,
                 large_values_travel,
                 stubs_are_cheap_handles,
+                streams_deliver_every_item_in_order,
+                a_stream_error_ends_the_stream,
+                a_refused_stream_is_a_typed_error,
+                dropping_a_stream_stops_its_producer,
+                a_slow_consumer_holds_back_a_fast_producer,
             );
         }
     )*};

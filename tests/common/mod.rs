@@ -1,13 +1,13 @@
 //! Actors and a test bed shared by the integration tests.
 #![allow(dead_code)]
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use trebuchet::{
-    ActorSystem, Client, ClientConfig, Encoding, RemoteError, ServerHandle, Transport,
+    ActorStream, ActorSystem, Client, ClientConfig, Encoding, RemoteError, ServerHandle, Transport,
     distributed_actor,
 };
 
@@ -50,6 +50,29 @@ pub trait Probe {
     async fn explode(&self) -> Result<(), ProbeError>;
     async fn blob(&self, len: u64) -> Result<Vec<u8>, ProbeError>;
     async fn count_calls(&self) -> Result<u64, ProbeError>;
+    /// 1, 2, …, `to`.
+    #[stream]
+    async fn count_up(&self, to: u64) -> Result<ActorStream<u64>, ProbeError>;
+    /// `n` items, then a stream error.
+    #[stream]
+    async fn fail_after(&self, n: u64) -> Result<ActorStream<u64>, ProbeError>;
+    /// Never starts.
+    #[stream]
+    async fn refuse_stream(&self, reason: String) -> Result<ActorStream<u64>, ProbeError>;
+    /// Blobs of `size` bytes as fast as they are taken, forever; see `production`.
+    #[stream]
+    async fn endless(&self, size: u64) -> Result<ActorStream<Vec<u8>>, ProbeError>;
+    /// How many items `endless` made, and whether its stream was dropped.
+    async fn production(&self) -> Result<(u64, bool), ProbeError>;
+}
+
+/// Sets a flag when dropped (the producer's view of a cancelled stream).
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 #[derive(Default)]
@@ -57,6 +80,8 @@ pub struct ProbeActor {
     history: Mutex<Vec<u64>>,
     calls: AtomicU64,
     busy: AtomicU64,
+    produced: Arc<AtomicU64>,
+    dropped: Arc<AtomicBool>,
 }
 
 impl ProbeActor {
@@ -119,6 +144,39 @@ impl Probe for ProbeActor {
     async fn count_calls(&self) -> Result<u64, ProbeError> {
         Ok(self.calls.load(Ordering::SeqCst))
     }
+    async fn count_up(&self, to: u64) -> Result<ActorStream<u64>, ProbeError> {
+        Ok(ActorStream::new(futures_util::stream::iter(1..=to)))
+    }
+    async fn fail_after(&self, n: u64) -> Result<ActorStream<u64>, ProbeError> {
+        let items = (1..=n).map(Ok).chain(std::iter::once(Err(RemoteError::new(
+            trebuchet::ErrorCode::ActorError,
+            "the source dried up",
+        ))));
+        Ok(ActorStream::from_results(futures_util::stream::iter(items)))
+    }
+    async fn refuse_stream(&self, reason: String) -> Result<ActorStream<u64>, ProbeError> {
+        Err(ProbeError::Refused(reason))
+    }
+    async fn endless(&self, size: u64) -> Result<ActorStream<Vec<u8>>, ProbeError> {
+        let produced = self.produced.clone();
+        let flag = DropFlag(self.dropped.clone());
+        Ok(ActorStream::new(futures_util::stream::unfold(
+            flag,
+            move |flag| {
+                let produced = produced.clone();
+                async move {
+                    produced.fetch_add(1, Ordering::SeqCst);
+                    Some((vec![1u8; size as usize], flag))
+                }
+            },
+        )))
+    }
+    async fn production(&self) -> Result<(u64, bool), ProbeError> {
+        Ok((
+            self.produced.load(Ordering::SeqCst),
+            self.dropped.load(Ordering::SeqCst),
+        ))
+    }
 }
 
 /// The counter of the README, with a typed error.
@@ -170,6 +228,7 @@ pub struct Bed {
     pub system: ActorSystem,
     pub server: Option<ServerHandle>,
     pub client: Client,
+    pub transport: Transport,
 }
 
 impl Bed {
@@ -211,12 +270,21 @@ impl Bed {
                 (Some(server), Transport::Tcp(address))
             }
         };
-        let client = system.connect_with(transport, config).await.unwrap();
+        let client = system
+            .connect_with(transport.clone(), config)
+            .await
+            .unwrap();
         Bed {
             system,
             server,
             client,
+            transport,
         }
+    }
+
+    /// Another client (its own connection, for network transports) to the same actors.
+    pub async fn second_client(&self) -> Client {
+        self.system.connect(self.transport.clone()).await.unwrap()
     }
 
     pub fn probe(&self) -> ProbeClient {

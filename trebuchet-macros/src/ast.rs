@@ -93,6 +93,8 @@ pub struct Method {
     pub err: Type,
     /// A default body, if the trait gives one.
     pub default: Option<syn::Block>,
+    /// For a `#[stream]` method, the item type `T` of `Result<ActorStream<T>, E>`.
+    pub stream_item: Option<Type>,
 }
 
 /// One argument of a method.
@@ -174,12 +176,13 @@ impl ActorTrait {
 impl Method {
     fn parse(function: TraitItemFn, errors: &mut Errors) -> Option<Method> {
         let TraitItemFn {
-            attrs,
+            mut attrs,
             sig,
             default,
             ..
         } = function;
         let before = errors.errors.len();
+        let stream_attr = take_stream_attribute(&mut attrs, errors);
         check_signature(&sig, errors);
         let args = parse_args(&sig, errors);
         let output = parse_output(&sig, errors);
@@ -194,6 +197,18 @@ impl Method {
             );
         }
         let (output, ok, err) = output?;
+        let stream_item = actor_stream_item(&ok);
+        match (&stream_attr, &stream_item) {
+            (Some(attr), None) => errors.push(
+                attr,
+                "#[stream] methods must return `Result<ActorStream<T>, E>` (trebuchet::ActorStream)",
+            ),
+            (None, Some(_)) => errors.push(
+                &ok,
+                "a method returning an ActorStream must be marked #[stream]",
+            ),
+            _ => {}
+        }
         if errors.errors.len() > before {
             return None;
         }
@@ -207,7 +222,36 @@ impl Method {
             ok,
             err,
             default,
+            stream_item,
         })
+    }
+}
+
+/// Removes `#[stream]` from `attrs`, returning it if it was there.
+fn take_stream_attribute(attrs: &mut Vec<Attribute>, errors: &mut Errors) -> Option<Attribute> {
+    let position = attrs
+        .iter()
+        .position(|attr| attr.path().is_ident("stream"))?;
+    let attr = attrs.remove(position);
+    if !matches!(attr.meta, syn::Meta::Path(_)) {
+        errors.push(&attr, "#[stream] takes no arguments");
+    }
+    Some(attr)
+}
+
+/// `T` if `ty` is `ActorStream<T>` (by any path ending in `ActorStream`).
+fn actor_stream_item(ty: &Type) -> Option<Type> {
+    let Type::Path(path) = ty else { return None };
+    let segment = path.path.segments.last()?;
+    if segment.ident != "ActorStream" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(arguments) = &segment.arguments else {
+        return None;
+    };
+    match arguments.args.first()? {
+        GenericArgument::Type(item) if arguments.args.len() == 1 => Some(item.clone()),
+        _ => None,
     }
 }
 

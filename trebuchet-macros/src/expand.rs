@@ -201,8 +201,12 @@ fn expand_protocol(
 
     let response_encoders = actor.methods.iter().map(|method| {
         let variant = &method.variant;
+        let encode = match method.stream_item {
+            Some(_) => quote!(encode_stream),
+            None => quote!(encode_outcome),
+        };
         quote! {
-            #response::#variant(__outcome) => #krate::__private::encode_outcome(__outcome, __encoding),
+            #response::#variant(__outcome) => #krate::__private::#encode(__outcome, __encoding),
         }
     });
 
@@ -239,7 +243,7 @@ fn expand_protocol(
             fn encode_response(
                 __response: #response,
                 __encoding: #krate::Encoding,
-            ) -> ::core::result::Result<#krate::Payload, #krate::RemoteError> {
+            ) -> ::core::result::Result<#krate::Reply, #krate::RemoteError> {
                 match __response {
                     #(#response_encoders)*
                 }
@@ -300,9 +304,13 @@ fn expand_client(actor: &ActorTrait, names: &Names, options: &Options) -> TokenS
         let variant = &method.variant;
         let signature = signature(method);
         let fields: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
+        let call = match method.stream_item {
+            Some(_) => quote!(open_stream),
+            None => quote!(call),
+        };
         quote! {
             #signature {
-                self.actor.call(#request::#variant { #(#fields),* }, |__response| match __response {
+                self.actor.#call(#request::#variant { #(#fields),* }, |__response| match __response {
                     #response::#variant(__outcome) => ::core::option::Option::Some(__outcome),
                     #[allow(unreachable_patterns)]
                     _ => ::core::option::Option::None,
@@ -345,7 +353,9 @@ fn expand_bound_checks(actor: &ActorTrait, options: &Options) -> TokenStream {
             .args
             .iter()
             .map(|arg| &arg.ty)
-            .chain(std::iter::once(&method.ok))
+            .chain(std::iter::once(
+                method.stream_item.as_ref().unwrap_or(&method.ok),
+            ))
             .map(|ty| quote_spanned!(ty.span()=> __wire_value::<#ty>();));
         let err = &method.err;
         let error = quote_spanned!(err.span()=> __actor_error::<#err>(););

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::actor::{ActorError, ActorProtocol};
 use crate::protocol::{Encoding, ErrorCode, Metadata, Payload, RemoteError};
+use crate::stream::{ActorStream, PayloadStream, decode_stream};
 use crate::system::ActorSystem;
 use crate::transport::{Transport, local::LocalRoute};
 
@@ -26,6 +27,15 @@ pub trait Connection: Send + Sync + 'static {
         method: &'a str,
         args: Payload,
     ) -> BoxFuture<'a, Result<Payload, RemoteError>>;
+
+    /// Calls the stream method `method` of the actor `actor_id`; resolves to the stream of
+    /// serialized items once the server has started it, or to the error.
+    fn open_stream<'a>(
+        &'a self,
+        actor_id: &'a str,
+        method: &'a str,
+        args: Payload,
+    ) -> BoxFuture<'a, Result<PayloadStream, RemoteError>>;
 }
 
 /// When and how often a client reconnects after losing its connection.
@@ -208,6 +218,10 @@ pub trait RemoteActor: Sized {
     fn actor_ref(&self) -> &ActorRef<Self::Protocol>;
 }
 
+/// Takes one method's outcome out of a protocol's response (generated code passes a `match` on
+/// the method's variant).
+pub type Extract<P, R> = fn(<P as ActorProtocol>::Response) -> Option<R>;
+
 /// A reference to one actor over one transport; generated stubs call through it.
 pub struct ActorRef<P: ActorProtocol> {
     id: Arc<str>,
@@ -255,7 +269,7 @@ impl<P: ActorProtocol> ActorRef<P> {
     pub async fn call<T, E>(
         &self,
         request: P::Request,
-        extract: fn(P::Response) -> Option<Result<T, E>>,
+        extract: Extract<P, Result<T, E>>,
     ) -> Result<T, E>
     where
         T: DeserializeOwned,
@@ -281,6 +295,38 @@ impl<P: ActorProtocol> ActorRef<P> {
                         ))
                         .into()
                     }),
+                    Err(error) => Err(typed_error(error)),
+                }
+            }
+        }
+    }
+}
+
+impl<P: ActorProtocol> ActorRef<P> {
+    /// Calls a stream method: like [`call`](Self::call), but the result is a stream of `T`.
+    pub async fn open_stream<T, E>(
+        &self,
+        request: P::Request,
+        extract: Extract<P, Result<ActorStream<T>, E>>,
+    ) -> Result<ActorStream<T>, E>
+    where
+        T: DeserializeOwned + Send + 'static,
+        E: ActorError,
+    {
+        match &self.route {
+            Route::Local(local) => {
+                let response = local.ask(&self.id, request).await?;
+                extract(response).unwrap_or_else(|| {
+                    Err(RemoteError::internal("the actor answered another method").into())
+                })
+            }
+            Route::Remote(connection) => {
+                let (method, args) =
+                    P::encode_request(&request, connection.encoding()).map_err(|error| {
+                        RemoteError::bad_request(format!("cannot encode the arguments: {error}"))
+                    })?;
+                match connection.open_stream(&self.id, method, args).await {
+                    Ok(items) => Ok(decode_stream(items)),
                     Err(error) => Err(typed_error(error)),
                 }
             }

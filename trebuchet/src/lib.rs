@@ -59,6 +59,7 @@ mod multiplex;
 pub mod protocol;
 pub mod server;
 pub mod state;
+pub mod stream;
 mod system;
 pub mod transport;
 
@@ -68,6 +69,7 @@ pub use client::{
 };
 pub use protocol::{Encoding, ErrorCode, Metadata, Payload, RemoteError};
 pub use server::{ActorService, Call, ConnectionInfo, ServerConfig, ServerHandle};
+pub use stream::{ActorStream, Reply};
 pub use system::{ActorSystem, ExposeError};
 pub use transport::Transport;
 pub use trebuchet_macros::distributed_actor;
@@ -76,6 +78,7 @@ pub use trebuchet_macros::distributed_actor;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::actor::encode_outcome;
+    pub use crate::stream::encode_stream;
     pub use serde;
 }
 

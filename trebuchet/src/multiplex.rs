@@ -24,13 +24,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientConfig, Connection};
 use crate::codec::{self, Frame};
-use crate::protocol::{Cancel, Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError};
+use crate::protocol::{
+    Cancel, Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response,
+};
+use crate::stream::PayloadStream;
 use crate::transport::{FrameError, FrameIo};
 
 type Outcome = Result<Payload, RemoteError>;
@@ -48,8 +51,25 @@ pub(crate) trait Connector: Send + Sync + 'static {
 /// The turn to read a link's socket.
 type ReaderTurn<Io> = tokio::sync::OwnedMutexGuard<SplitStream<Io>>;
 
+/// What a call gets back: a response, or the start of a stream.
+enum Answer {
+    Value(Outcome),
+    Stream(mpsc::Receiver<StreamItem>),
+}
+
+/// One event of an open stream, in the stream's channel.
+enum StreamItem {
+    Data { sequence_number: u64, data: Payload },
+    Failed(RemoteError),
+    End,
+}
+
+/// Items a stream may have waiting for its consumer before the reader waits for it to catch up
+/// (and so, through TCP flow control, the server's producer waits too).
+const STREAM_BUFFER: usize = 64;
+
 /// Callers waiting for answers on one link; `None` once the link is gone.
-type Pending = Mutex<Option<HashMap<u64, oneshot::Sender<Outcome>>>>;
+type Pending = Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>;
 
 /// One live connection.
 struct Link<Io: FrameIo> {
@@ -59,6 +79,8 @@ struct Link<Io: FrameIo> {
     /// are taken in order.
     reader: Arc<tokio::sync::Mutex<SplitStream<Io>>>,
     pending: Pending,
+    /// Open streams: stream id → the channel of their consumer.
+    streams: Mutex<HashMap<String, mpsc::Sender<StreamItem>>>,
     /// Fired when reading or writing finds the connection gone; the supervisor then reconnects.
     broken: CancellationToken,
 }
@@ -69,7 +91,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl<Io: FrameIo> Link<Io> {
+impl<Io: FrameIo + 'static> Link<Io> {
     fn new(io: Io) -> Arc<Self> {
         let (writer, reader) = io.split();
         Arc::new(Link {
@@ -77,19 +99,20 @@ impl<Io: FrameIo> Link<Io> {
             writer: tokio::sync::Mutex::new(writer),
             reader: Arc::new(tokio::sync::Mutex::new(reader)),
             pending: Mutex::new(Some(HashMap::new())),
+            streams: Mutex::default(),
             broken: CancellationToken::new(),
         })
     }
 
-    /// If nobody is reading, reads what has already arrived (without waiting) and keeps the
-    /// reading turn. `Err` if that shows the connection is gone.
-    fn take_idle_reader(&self) -> Result<Option<ReaderTurn<Io>>, ()> {
+    /// If nobody is reading, reads what has already arrived (without waiting for more) and keeps
+    /// the reading turn. `Err` if that shows the connection is gone.
+    async fn take_idle_reader(&self) -> Result<Option<ReaderTurn<Io>>, ()> {
         let Ok(mut reader) = self.reader.clone().try_lock_owned() else {
             return Ok(None);
         };
         while let Some(inbound) = reader.next().now_or_never() {
             match inbound {
-                Some(Ok(frame)) => self.deliver(&frame),
+                Some(Ok(frame)) => self.deliver(&frame).await,
                 Some(Err(_)) | None => {
                     self.broken.cancel();
                     return Err(());
@@ -99,13 +122,32 @@ impl<Io: FrameIo> Link<Io> {
         Ok(Some(reader))
     }
 
+    /// Reads one frame with the reading turn and routes it; `Err` if the connection is gone.
+    async fn read_one(&self, reader: &mut ReaderTurn<Io>) -> Result<(), ()> {
+        match reader.next().await {
+            Some(Ok(frame)) => {
+                self.deliver(&frame).await;
+                Ok(())
+            }
+            Some(Err(error)) => {
+                tracing::debug!(%error, "connection failed");
+                self.broken.cancel();
+                Err(())
+            }
+            None => {
+                self.broken.cancel();
+                Err(())
+            }
+        }
+    }
+
     /// Waits for the answer to `answer`'s call, reading the socket when it is this caller's turn
     /// (at once if it already holds the turn). `Err` means the connection was lost first.
     async fn answer(
         &self,
-        mut answer: oneshot::Receiver<Outcome>,
+        mut answer: oneshot::Receiver<Answer>,
         turn: Option<ReaderTurn<Io>>,
-    ) -> Result<Outcome, ()> {
+    ) -> Result<Answer, ()> {
         let mut reader = match turn {
             Some(reader) => reader,
             None => tokio::select! {
@@ -121,17 +163,26 @@ impl<Io: FrameIo> Link<Io> {
                 Err(oneshot::error::TryRecvError::Closed) => return Err(()),
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
-            match reader.next().await {
-                Some(Ok(frame)) => self.deliver(&frame),
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "connection failed");
-                    self.broken.cancel();
-                    return Err(());
-                }
-                None => {
-                    self.broken.cancel();
-                    return Err(());
-                }
+            self.read_one(&mut reader).await?;
+        }
+    }
+
+    /// The next event of a stream, reading the socket when it is this consumer's turn. `None`
+    /// when the channel closed without an end: the connection was lost.
+    async fn next_item(&self, items: &mut mpsc::Receiver<StreamItem>) -> Option<StreamItem> {
+        let mut reader = tokio::select! {
+            biased;
+            item = items.recv() => return item,
+            reader = self.reader.clone().lock_owned() => reader,
+        };
+        loop {
+            match items.try_recv() {
+                Ok(item) => return Some(item),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if self.read_one(&mut reader).await.is_err() {
+                return None;
             }
         }
     }
@@ -170,7 +221,7 @@ impl<Io: FrameIo> Link<Io> {
     }
 
     /// Registers a caller for `call_id`; `None` if the link is already gone.
-    fn expect(&self, call_id: u64) -> Option<oneshot::Receiver<Outcome>> {
+    fn expect(&self, call_id: u64) -> Option<oneshot::Receiver<Answer>> {
         let (reply, answer) = oneshot::channel();
         lock(&self.pending).as_mut()?.insert(call_id, reply);
         Some(answer)
@@ -182,28 +233,145 @@ impl<Io: FrameIo> Link<Io> {
         }
     }
 
-    fn deliver(&self, frame: &Frame) {
-        match codec::decode(frame) {
-            Ok(Envelope::Response(response)) => match response.call_id {
-                Some(call_id) => {
-                    let reply = lock(&self.pending)
-                        .as_mut()
-                        .and_then(|pending| pending.remove(&call_id));
-                    if let Some(reply) = reply {
-                        let _ = reply.send(response.outcome);
-                    }
+    /// Routes one frame from the server to whoever waits for it.
+    async fn deliver(&self, frame: &Frame) {
+        let envelope = match codec::decode(frame) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::warn!(%error, "malformed frame from the server");
+                return;
+            }
+        };
+        match envelope {
+            Envelope::Response(Response {
+                call_id: Some(call_id),
+                outcome,
+            }) => {
+                if let Some(waiter) = self.take_waiter(call_id) {
+                    let _ = waiter.send(Answer::Value(outcome));
                 }
-                None => {
-                    if let Err(error) = response.outcome {
-                        tracing::warn!(%error, "the server reported a connection error");
-                    }
+            }
+            Envelope::Response(Response {
+                call_id: None,
+                outcome,
+            }) => {
+                if let Err(error) = outcome {
+                    tracing::warn!(%error, "the server reported a connection error");
                 }
-            },
-            Ok(other) => tracing::debug!(
+            }
+            Envelope::StreamStart(start) => {
+                let (feed, items) = mpsc::channel(STREAM_BUFFER);
+                let waiter = self.take_waiter(start.call_id);
+                if let Some(waiter) = waiter
+                    && waiter.send(Answer::Stream(items)).is_ok()
+                {
+                    lock(&self.streams).insert(start.stream_id, feed);
+                }
+            }
+            Envelope::StreamData(item) => {
+                let feed = lock(&self.streams).get(&item.stream_id).cloned();
+                let data = StreamItem::Data {
+                    sequence_number: item.sequence_number,
+                    data: item.data,
+                };
+                // Waits while the consumer is behind: that is the client's backpressure.
+                if let Some(feed) = feed
+                    && feed.send(data).await.is_err()
+                {
+                    lock(&self.streams).remove(&item.stream_id);
+                }
+            }
+            Envelope::StreamEnd(end) => self.finish_stream(&end.stream_id, StreamItem::End).await,
+            Envelope::StreamError(failure) => {
+                self.finish_stream(&failure.stream_id, StreamItem::Failed(failure.error))
+                    .await
+            }
+            other => tracing::debug!(
                 kind = other.kind(),
-                "ignoring an envelope with no call waiting for it"
+                "ignoring an envelope no client expects"
             ),
-            Err(error) => tracing::warn!(%error, "malformed frame from the server"),
+        }
+    }
+
+    fn take_waiter(&self, call_id: u64) -> Option<oneshot::Sender<Answer>> {
+        lock(&self.pending)
+            .as_mut()
+            .and_then(|pending| pending.remove(&call_id))
+    }
+
+    async fn finish_stream(&self, stream_id: &str, last: StreamItem) {
+        let feed = lock(&self.streams).remove(stream_id);
+        if let Some(feed) = feed {
+            let _ = feed.send(last).await;
+        }
+    }
+
+    /// Sends `cancel` for `call_id` from a task of its own (best effort; callable from `Drop`).
+    fn cancel(self: Arc<Self>, call_id: u64, encoding: Encoding) {
+        let cancel = Envelope::Cancel(Cancel { call_id });
+        if let (Ok(frame), Ok(runtime)) = (
+            codec::encode(&cancel, encoding),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            runtime.spawn(async move {
+                let _ = self.send(frame).await;
+            });
+        }
+    }
+}
+
+/// The caller's side of an open stream.
+struct StreamConsumer<Io: FrameIo + 'static> {
+    link: Arc<Link<Io>>,
+    items: mpsc::Receiver<StreamItem>,
+    call_id: u64,
+    cancel_encoding: Encoding,
+    last_sequence: u64,
+    done: bool,
+}
+
+impl<Io: FrameIo + 'static> StreamConsumer<Io> {
+    async fn next(&mut self) -> Option<Result<Payload, RemoteError>> {
+        if self.done {
+            return None;
+        }
+        let item = self.link.next_item(&mut self.items).await;
+        let (item, done) = match item {
+            Some(StreamItem::Data {
+                sequence_number,
+                data,
+            }) if sequence_number == self.last_sequence + 1 => {
+                self.last_sequence = sequence_number;
+                (Some(Ok(data)), false)
+            }
+            Some(StreamItem::Data {
+                sequence_number, ..
+            }) => (
+                Some(Err(RemoteError::internal(format!(
+                    "stream gap: item {sequence_number} came after item {}",
+                    self.last_sequence
+                )))),
+                true,
+            ),
+            Some(StreamItem::Failed(error)) => (Some(Err(error)), true),
+            Some(StreamItem::End) => (None, true),
+            None => (
+                Some(Err(RemoteError::unavailable(
+                    "the connection was lost before the stream ended",
+                ))),
+                true,
+            ),
+        };
+        self.done = done;
+        item
+    }
+}
+
+impl<Io: FrameIo + 'static> Drop for StreamConsumer<Io> {
+    fn drop(&mut self) {
+        if !self.done {
+            // The caller stopped reading: stop the stream at the server.
+            self.link.clone().cancel(self.call_id, self.cancel_encoding);
         }
     }
 }
@@ -302,7 +470,13 @@ impl<C: Connector> Multiplexed<C> {
         }
     }
 
-    async fn call(&self, actor_id: &str, method: &str, args: Payload) -> Outcome {
+    /// Sends one invocation and waits (within the call timeout) for what comes back.
+    async fn exchange(
+        &self,
+        actor_id: &str,
+        method: &str,
+        args: Payload,
+    ) -> Result<(Arc<Link<C::Io>>, u64, Answer), RemoteError> {
         let deadline = Instant::now() + self.config.call_timeout;
         let call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
         let envelope = Envelope::Invocation(Invocation {
@@ -332,7 +506,7 @@ impl<C: Connector> Multiplexed<C> {
         let mut dead = None;
         let (link, turn) = loop {
             let link = self.link(deadline, dead.as_ref()).await?;
-            match link.take_idle_reader() {
+            match link.take_idle_reader().await {
                 Ok(turn) => break (link, turn),
                 // Found dead before anything was sent: wait for the reconnect and go on.
                 Err(()) => dead = Some(link),
@@ -351,24 +525,62 @@ impl<C: Connector> Multiplexed<C> {
             }
         }
         match timeout_at(deadline, link.answer(answer, turn)).await {
-            Ok(Ok(outcome)) => outcome,
+            Ok(Ok(answer)) => Ok((link, call_id, answer)),
             Ok(Err(())) => Err(self.lost()),
             Err(_) => {
                 link.forget(call_id);
-                self.send_cancel(link, call_id);
+                self.send_cancel(&link, call_id);
                 Err(self.timed_out(actor_id, method))
             }
         }
     }
 
-    /// Tells the server to stop a call nobody waits for any more (best effort).
-    fn send_cancel(&self, link: Arc<Link<C::Io>>, call_id: u64) {
-        let cancel = Envelope::Cancel(Cancel { call_id });
-        if let Ok(frame) = codec::encode(&cancel, self.config.encoding) {
-            tokio::spawn(async move {
-                let _ = link.send(frame).await;
-            });
+    async fn call(&self, actor_id: &str, method: &str, args: Payload) -> Outcome {
+        match self.exchange(actor_id, method, args).await? {
+            (_, _, Answer::Value(outcome)) => outcome,
+            (link, call_id, Answer::Stream(_)) => {
+                self.send_cancel(&link, call_id);
+                Err(RemoteError::internal(format!(
+                    "{actor_id}.{method} answered with a stream, not a value"
+                )))
+            }
         }
+    }
+
+    async fn open_stream(
+        &self,
+        actor_id: &str,
+        method: &str,
+        args: Payload,
+    ) -> Result<PayloadStream, RemoteError> {
+        match self.exchange(actor_id, method, args).await? {
+            (link, call_id, Answer::Stream(items)) => {
+                let consumer = StreamConsumer {
+                    link,
+                    items,
+                    call_id,
+                    cancel_encoding: self.config.encoding,
+                    last_sequence: 0,
+                    done: false,
+                };
+                Ok(
+                    futures_util::stream::unfold(consumer, |mut consumer| async move {
+                        let item = consumer.next().await?;
+                        Some((item, consumer))
+                    })
+                    .boxed(),
+                )
+            }
+            (_, _, Answer::Value(Err(error))) => Err(error),
+            (_, _, Answer::Value(Ok(_))) => Err(RemoteError::internal(format!(
+                "{actor_id}.{method} answered with a value, not a stream"
+            ))),
+        }
+    }
+
+    /// Tells the server to stop a call nobody waits for any more (best effort).
+    fn send_cancel(&self, link: &Arc<Link<C::Io>>, call_id: u64) {
+        link.clone().cancel(call_id, self.config.encoding);
     }
 
     fn lost(&self) -> RemoteError {
@@ -416,6 +628,12 @@ impl Pool {
     }
 }
 
+impl Pool {
+    fn member(&self) -> &Arc<dyn Connection> {
+        &self.members[self.next.fetch_add(1, Ordering::Relaxed) % self.members.len()]
+    }
+}
+
 impl Connection for Pool {
     fn encoding(&self) -> Encoding {
         self.members[0].encoding()
@@ -427,8 +645,16 @@ impl Connection for Pool {
         method: &'a str,
         args: Payload,
     ) -> BoxFuture<'a, Outcome> {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.members.len();
-        self.members[turn].invoke(actor_id, method, args)
+        self.member().invoke(actor_id, method, args)
+    }
+
+    fn open_stream<'a>(
+        &'a self,
+        actor_id: &'a str,
+        method: &'a str,
+        args: Payload,
+    ) -> BoxFuture<'a, Result<PayloadStream, RemoteError>> {
+        self.member().open_stream(actor_id, method, args)
     }
 }
 
@@ -444,6 +670,15 @@ impl<C: Connector> Connection for Multiplexed<C> {
         args: Payload,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(self.call(actor_id, method, args))
+    }
+
+    fn open_stream<'a>(
+        &'a self,
+        actor_id: &'a str,
+        method: &'a str,
+        args: Payload,
+    ) -> BoxFuture<'a, Result<PayloadStream, RemoteError>> {
+        Box::pin(self.open_stream(actor_id, method, args))
     }
 }
 
@@ -477,6 +712,7 @@ async fn supervise<C: Connector>(
         };
         // Every caller still waiting on this link learns it is gone (their reply is dropped).
         lock(&link.pending).take();
+        lock(&link.streams).clear();
         if !lost {
             state.send_replace(LinkState::Closed);
             let _ = link.writer.lock().await.close().await;

@@ -10,18 +10,90 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::{AbortHandle, Abortable, Aborted};
-use futures_util::stream::FuturesUnordered;
+use futures_util::stream::{BoxStream, FuturesUnordered, SelectAll};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::codec::{self, Frame};
-use crate::protocol::{Encoding, Envelope, ErrorCode, Payload, RemoteError, Response, StreamError};
+use crate::protocol::{
+    Encoding, Envelope, ErrorCode, Payload, RemoteError, Response, StreamData, StreamEnd,
+    StreamError, StreamStart,
+};
 use crate::server::{Call, ConnectionInfo, ServerConfig};
+use crate::stream::{PayloadStream, Reply};
 use crate::transport::{FrameError, FrameIo};
 
 type Outcome = Result<Payload, RemoteError>;
+
+/// The most streams one connection may have open; past it, a stream call is refused with
+/// `unavailable`.
+const MAX_STREAMS_PER_CONNECTION: usize = 1024;
+
+/// What happens next on an open stream.
+enum StreamEvent {
+    Data { sequence_number: u64, data: Payload },
+    Failed(RemoteError),
+    End,
+}
+
+/// An open stream as the connection loop polls it: `(callId, streamId, encoding, event)`.
+type Pump = Abortable<BoxStream<'static, (u64, Arc<str>, Encoding, StreamEvent)>>;
+
+struct OpenStream {
+    stream_id: Arc<str>,
+    encoding: Encoding,
+    abort: AbortHandle,
+}
+
+/// Numbers a stream's items 1, 2, 3… and ends it after its first error.
+fn pump(
+    call_id: u64,
+    stream_id: Arc<str>,
+    encoding: Encoding,
+    items: PayloadStream,
+) -> (Pump, AbortHandle) {
+    let events = futures_util::stream::unfold(Some((items, 0u64)), |state| async move {
+        let (mut items, sequence_number) = state?;
+        Some(match items.next().await {
+            Some(Ok(data)) => {
+                let sequence_number = sequence_number + 1;
+                (
+                    StreamEvent::Data {
+                        sequence_number,
+                        data,
+                    },
+                    Some((items, sequence_number)),
+                )
+            }
+            Some(Err(error)) => (StreamEvent::Failed(error), None),
+            None => (StreamEvent::End, None),
+        })
+    })
+    .map(move |event| (call_id, stream_id.clone(), encoding, event))
+    .boxed();
+    let (abort, registration) = AbortHandle::new_pair();
+    (Abortable::new(events, registration), abort)
+}
+
+fn new_stream_id() -> Arc<str> {
+    let (high, low) = (fastrand::u64(..), fastrand::u64(..));
+    Arc::from(format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        high >> 32,
+        (high >> 16) & 0xffff,
+        high & 0x0fff,
+        0x8000 | ((low >> 48) & 0x3fff),
+        low & 0xffff_ffff_ffff
+    ))
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
 
 /// How a connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,11 +121,13 @@ pub(crate) async fn serve_connection<Io, S>(
 ) -> Ending
 where
     Io: FrameIo,
-    S: Service<Call, Response = Payload, Error = RemoteError> + Send,
+    S: Service<Call, Response = Reply, Error = RemoteError> + Send,
     S::Future: Send + 'static,
 {
     let mut in_flight = FuturesUnordered::new();
     let mut aborts: HashMap<u64, AbortHandle> = HashMap::new();
+    let mut streams: SelectAll<Pump> = SelectAll::new();
+    let mut open_streams: HashMap<u64, OpenStream> = HashMap::new();
     // Errors about frames that say nothing of their encoding are sent in the last one seen
     // (before any, in the transport's own).
     let mut reply_encoding = first_encoding;
@@ -70,15 +144,49 @@ where
             biased;
             Some((call_id, encoding, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                 aborts.remove(&call_id);
-                let outcome: Result<Outcome, Aborted> = outcome;
+                let outcome: Result<Result<Reply, RemoteError>, Aborted> = outcome;
                 let Ok(outcome) = outcome else { continue }; // cancelled by the client
-                if send_response(&mut io, Some(call_id), outcome, encoding, &config).await.is_err() {
+                let sent = match outcome {
+                    Ok(Reply::Stream(items)) if draining => {
+                        drop(items);
+                        let error = RemoteError::unavailable("the server is shutting down");
+                        send_response(&mut io, Some(call_id), Err(error), encoding, &config).await
+                    }
+                    Ok(Reply::Stream(_)) if open_streams.len() >= MAX_STREAMS_PER_CONNECTION => {
+                        let error = RemoteError::unavailable(format!(
+                            "this connection already has {MAX_STREAMS_PER_CONNECTION} open streams"
+                        ));
+                        send_response(&mut io, Some(call_id), Err(error), encoding, &config).await
+                    }
+                    Ok(Reply::Stream(items)) => {
+                        let stream_id = new_stream_id();
+                        let start = Envelope::StreamStart(StreamStart { call_id, stream_id: stream_id.to_string() });
+                        let (events, abort) = pump(call_id, stream_id.clone(), encoding, items);
+                        streams.push(events);
+                        open_streams.insert(call_id, OpenStream { stream_id, encoding, abort });
+                        send_envelope(&mut io, &start, encoding).await
+                    }
+                    Ok(Reply::Value(result)) => send_response(&mut io, Some(call_id), Ok(result), encoding, &config).await,
+                    Err(error) => send_response(&mut io, Some(call_id), Err(error), encoding, &config).await,
+                };
+                if sent.is_err() {
                     return Ending::Closed;
                 }
             }
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 grace.as_mut().reset(tokio::time::Instant::now() + config.shutdown_grace);
+                // Streams may never end by themselves: end them now, telling their clients why.
+                for (_, open) in open_streams.drain() {
+                    open.abort.abort();
+                    let failure = Envelope::StreamError(StreamError {
+                        stream_id: open.stream_id.to_string(),
+                        error: RemoteError::unavailable("the server is shutting down"),
+                    });
+                    if send_envelope(&mut io, &failure, open.encoding).await.is_err() {
+                        return Ending::Closed;
+                    }
+                }
             }
             _ = &mut grace, if draining => {
                 tracing::warn!(calls = in_flight.len(), "shutdown grace period over; dropping calls in flight");
@@ -117,7 +225,7 @@ where
                 match envelope {
                     Envelope::Invocation(invocation) => {
                         let call_id = invocation.call_id;
-                        if aborts.contains_key(&call_id) {
+                        if aborts.contains_key(&call_id) || open_streams.contains_key(&call_id) {
                             let error = RemoteError::bad_request(format!("callId {call_id} is already in flight on this connection"));
                             if send_response(&mut io, Some(call_id), Err(error), frame.encoding, &config).await.is_err() {
                                 return Ending::Closed;
@@ -137,6 +245,10 @@ where
                     Envelope::Cancel(cancel) => {
                         if let Some(abort) = aborts.remove(&cancel.call_id) {
                             abort.abort();
+                        }
+                        // A cancelled stream is dropped: its producer sees that and stops.
+                        if let Some(open) = open_streams.remove(&cancel.call_id) {
+                            open.abort.abort();
                         }
                     }
                     Envelope::StreamResume(resume) => {
@@ -159,6 +271,30 @@ where
                             return Ending::Closed;
                         }
                     }
+                }
+            }
+            // Last in this biased select, so incoming frames (a `cancel` above all) are read even
+            // while streams have items ready. A stream is only polled when its previous item has
+            // been written: a producer never runs ahead of the socket (backpressure).
+            Some((call_id, stream_id, encoding, event)) = streams.next(), if !streams.is_empty() => {
+                let envelope = match event {
+                    StreamEvent::Data { sequence_number, data } => Envelope::StreamData(StreamData {
+                        stream_id: stream_id.to_string(),
+                        sequence_number,
+                        data,
+                        timestamp: now_millis(),
+                    }),
+                    StreamEvent::Failed(error) => {
+                        open_streams.remove(&call_id);
+                        Envelope::StreamError(StreamError { stream_id: stream_id.to_string(), error })
+                    }
+                    StreamEvent::End => {
+                        open_streams.remove(&call_id);
+                        Envelope::StreamEnd(StreamEnd { stream_id: stream_id.to_string() })
+                    }
+                };
+                if send_envelope(&mut io, &envelope, encoding).await.is_err() {
+                    return Ending::Closed;
                 }
             }
         }

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::protocol::{ErrorCode, Invocation, Payload, RemoteError};
+use crate::protocol::{ErrorCode, Invocation, RemoteError};
+use crate::stream::Reply;
 use crate::system::ActorSystem;
 
 pub(crate) mod connection;
@@ -62,9 +63,9 @@ impl ActorService {
 }
 
 impl Service<Call> for ActorService {
-    type Response = Payload;
+    type Response = Reply;
     type Error = RemoteError;
-    type Future = BoxFuture<'static, Result<Payload, RemoteError>>;
+    type Future = BoxFuture<'static, Result<Reply, RemoteError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), RemoteError>> {
         Poll::Ready(Ok(()))

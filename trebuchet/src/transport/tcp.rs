@@ -23,9 +23,10 @@ use tower_service::Service;
 use crate::client::{ClientConfig, ConnectError, Connection};
 use crate::codec::Frame;
 use crate::multiplex::{Connector, Pool};
-use crate::protocol::{Encoding, PROTOCOL_VERSION, Payload, RemoteError, decode_bincode};
+use crate::protocol::{Encoding, PROTOCOL_VERSION, RemoteError, decode_bincode};
 use crate::server::connection::{Ending, serve_connection};
 use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
+use crate::stream::Reply;
 use crate::transport::FrameError;
 
 /// The first frame of a TCP connection, in each direction: `b"TRBT"`, the protocol version and
@@ -191,7 +192,7 @@ pub async fn serve<S>(
     config: ServerConfig,
 ) -> io::Result<ServerHandle>
 where
-    S: Service<Call, Response = Payload, Error = RemoteError> + Clone + Send + 'static,
+    S: Service<Call, Response = Reply, Error = RemoteError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let listener = TcpListener::bind(addr).await?;
@@ -223,7 +224,7 @@ async fn accept_loop<S>(
     shutdown: CancellationToken,
     connections: TaskTracker,
 ) where
-    S: Service<Call, Response = Payload, Error = RemoteError> + Clone + Send + 'static,
+    S: Service<Call, Response = Reply, Error = RemoteError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     loop {
@@ -256,7 +257,7 @@ async fn serve_socket<S>(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) where
-    S: Service<Call, Response = Payload, Error = RemoteError> + Send + 'static,
+    S: Service<Call, Response = Reply, Error = RemoteError> + Send + 'static,
     S::Future: Send + 'static,
 {
     let mut frames = TcpFrames::new(stream, config.max_frame_size);

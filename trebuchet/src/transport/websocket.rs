@@ -25,9 +25,10 @@ use tower_service::Service;
 use crate::client::{ClientConfig, ConnectError, Connection};
 use crate::codec::Frame;
 use crate::multiplex::{Connector, Pool};
-use crate::protocol::{Encoding, Payload, RemoteError};
+use crate::protocol::{Encoding, RemoteError};
 use crate::server::connection::{Ending, serve_connection};
 use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
+use crate::stream::Reply;
 use crate::transport::FrameError;
 
 /// A WebSocket connection seen as a duplex stream of [`Frame`]s.
@@ -149,7 +150,7 @@ pub async fn serve<S>(
     config: ServerConfig,
 ) -> io::Result<ServerHandle>
 where
-    S: Service<Call, Response = Payload, Error = RemoteError> + Clone + Send + 'static,
+    S: Service<Call, Response = Reply, Error = RemoteError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let listener = TcpListener::bind(addr).await?;
@@ -163,7 +164,7 @@ pub fn serve_listener<S>(
     config: ServerConfig,
 ) -> io::Result<ServerHandle>
 where
-    S: Service<Call, Response = Payload, Error = RemoteError> + Clone + Send + 'static,
+    S: Service<Call, Response = Reply, Error = RemoteError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let local_addr = listener.local_addr()?;
@@ -194,7 +195,7 @@ async fn accept_loop<S>(
     shutdown: CancellationToken,
     connections: TaskTracker,
 ) where
-    S: Service<Call, Response = Payload, Error = RemoteError> + Clone + Send + 'static,
+    S: Service<Call, Response = Reply, Error = RemoteError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     loop {
@@ -228,7 +229,7 @@ async fn serve_socket<S>(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) where
-    S: Service<Call, Response = Payload, Error = RemoteError> + Send + 'static,
+    S: Service<Call, Response = Reply, Error = RemoteError> + Send + 'static,
     S::Future: Send + 'static,
 {
     let _ = stream.set_nodelay(true);

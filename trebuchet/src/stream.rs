@@ -1,0 +1,105 @@
+//! Streams: what a `#[stream]` method returns, on the actor's side and on the caller's.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use serde::Serialize;
+
+use crate::actor::ActorError;
+use crate::protocol::{Encoding, Payload, RemoteError};
+
+/// A stream of items from an actor: what a `#[stream]` method returns, to its caller as to the
+/// actor that makes it.
+///
+/// The actor builds one from any stream ([`ActorStream::new`]); the caller reads `Ok(item)`s until
+/// the stream ends, or one `Err` and then the end: the actor's own stream error, or `unavailable`
+/// when the connection was lost. Dropping it stops the stream: the server drops the actor's stream
+/// too (a remote caller sends `cancel`).
+pub struct ActorStream<T> {
+    items: BoxStream<'static, Result<T, RemoteError>>,
+}
+
+impl<T: Send + 'static> ActorStream<T> {
+    /// A stream of `items`.
+    pub fn new(items: impl Stream<Item = T> + Send + 'static) -> Self {
+        Self::from_results(items.map(Ok))
+    }
+
+    /// A stream that may fail: an `Err` ends it with that error.
+    pub fn from_results(
+        items: impl Stream<Item = Result<T, RemoteError>> + Send + 'static,
+    ) -> Self {
+        ActorStream {
+            items: items.boxed(),
+        }
+    }
+}
+
+impl<T> Stream for ActorStream<T> {
+    type Item = Result<T, RemoteError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.items.as_mut().poll_next(cx)
+    }
+}
+
+impl<T> fmt::Debug for ActorStream<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ActorStream")
+    }
+}
+
+/// A stream of serialized items, as it travels on the wire.
+pub type PayloadStream = BoxStream<'static, Result<Payload, RemoteError>>;
+
+/// What a server sends for a call: one value, or a stream of them.
+pub enum Reply {
+    /// A method's result (`response`).
+    Value(Payload),
+    /// A stream method's items (`streamStart`, `streamData`…, then `streamEnd` or `streamError`).
+    Stream(PayloadStream),
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reply::Value(payload) => f.debug_tuple("Value").field(payload).finish(),
+            Reply::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// Encodes a stream method's outcome: each item in `encoding`, an error as `actor_error`. Used
+/// by generated code.
+pub fn encode_stream<T: Serialize + Send + 'static, E: ActorError>(
+    outcome: Result<ActorStream<T>, E>,
+    encoding: Encoding,
+) -> Result<Reply, RemoteError> {
+    let stream = outcome.map_err(|error| RemoteError::from_actor_error(&error, encoding))?;
+    Ok(Reply::Stream(
+        stream
+            .map(move |item| {
+                item.and_then(|value| {
+                    Payload::encode(&value, encoding).map_err(|error| {
+                        RemoteError::internal(format!("cannot encode a stream item: {error}"))
+                    })
+                })
+            })
+            .boxed(),
+    ))
+}
+
+/// Decodes the items of a remote stream as `T`.
+pub(crate) fn decode_stream<T: serde::de::DeserializeOwned + Send + 'static>(
+    payloads: PayloadStream,
+) -> ActorStream<T> {
+    ActorStream::from_results(payloads.map(|item| {
+        item.and_then(|payload| {
+            payload.decode().map_err(|error| {
+                RemoteError::internal(format!("cannot decode a stream item: {error}"))
+            })
+        })
+    }))
+}
