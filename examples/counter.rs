@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use futures_util::StreamExt;
 use trebuchet::state::{ActorStateStore, MemoryStateStore, RedbStateStore, State};
-use trebuchet::{ActorSystem, RemoteError, Transport, distributed_actor};
+use trebuchet::{ActorStream, ActorSystem, RemoteError, Transport, distributed_actor};
 
 /// What can go wrong when counting.
 #[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -33,6 +34,9 @@ pub trait Counter {
     async fn increment(&self, by: u64) -> Result<u64, CounterError>;
     /// The current value.
     async fn get(&self) -> Result<u64, CounterError>;
+    /// The value after each change, from now on (a slow reader skips to the latest).
+    #[stream]
+    async fn observe(&self) -> Result<ActorStream<u64>, CounterError>;
 }
 
 /// The counter's persistent state.
@@ -66,6 +70,19 @@ impl Counter for PersistentCounter {
 
     async fn get(&self) -> Result<u64, CounterError> {
         Ok(self.state.get().await?.value)
+    }
+
+    async fn observe(&self) -> Result<ActorStream<u64>, CounterError> {
+        let mut changes = self.state.subscribe();
+        changes.mark_unchanged();
+        Ok(ActorStream::new(futures_util::stream::unfold(
+            changes,
+            |mut changes| async move {
+                changes.changed().await.ok()?;
+                let value = changes.borrow_and_update().as_ref()?.value.value;
+                Some((value, changes))
+            },
+        )))
     }
 }
 
@@ -149,6 +166,7 @@ async fn demo() -> anyhow::Result<()> {
         "websocket: get() -> {} (kept from earlier runs)",
         counter.get().await?
     );
+    let mut changes = counter.observe().await?;
     println!("websocket: increment(5) -> {}", counter.increment(5).await?);
 
     let calls = (0..10).map(|_| counter.increment(1));
@@ -161,6 +179,10 @@ async fn demo() -> anyhow::Result<()> {
         }
         other => anyhow::bail!("expected the typed Overflow error, got {other:?}"),
     }
+
+    let first = changes.next().await.transpose()?;
+    println!("websocket: observe() saw {first:?} first, after the first increment");
+    drop(changes);
 
     let local = system.connect(Transport::Local).await?;
     let in_process: CounterClient = local.actor("counter");

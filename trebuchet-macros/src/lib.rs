@@ -18,6 +18,9 @@ mod expand;
 /// supertraits `Send + Sync + 'static`, its methods return `Send` futures, and it gets one
 /// provided method, `into_actor(self)`, for `ActorSystem::expose`.
 ///
+/// A method marked `#[stream]` returns `Result<trebuchet::ActorStream<T>, E>` instead: the caller
+/// gets the stream of items.
+///
 /// `#[distributed_actor(crate = "path::to::trebuchet")]` changes the path generated code uses
 /// for the core crate (for crates that rename or re-export it).
 #[proc_macro_attribute]

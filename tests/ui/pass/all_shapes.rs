@@ -1,5 +1,5 @@
 //! Every shape of actor trait the macro accepts.
-use trebuchet::{RemoteError, distributed_actor};
+use trebuchet::{ActorStream, RemoteError, distributed_actor};
 
 mod renamed {
     pub use trebuchet as core_crate;
@@ -21,6 +21,9 @@ pub(crate) trait Everything: std::fmt::Debug {
     async fn with_default(&self, x: u32) -> Result<u32, RemoteError> {
         Ok(x * 2)
     }
+    /// A stream method.
+    #[stream]
+    async fn ticks(&self, every_ms: u64) -> Result<ActorStream<u64>, RemoteError>;
 }
 
 #[distributed_actor(crate = "renamed::core_crate")]
@@ -46,6 +49,9 @@ impl Everything for Impl {
         _d: std::collections::BTreeMap<String, f64>,
     ) -> Result<usize, RemoteError> {
         Ok(a as usize + b.len())
+    }
+    async fn ticks(&self, every_ms: u64) -> Result<ActorStream<u64>, RemoteError> {
+        Ok(ActorStream::new(futures_util::stream::iter(0..every_ms)))
     }
 }
 
