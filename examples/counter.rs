@@ -73,16 +73,9 @@ impl Counter for PersistentCounter {
     }
 
     async fn observe(&self) -> Result<ActorStream<u64>, CounterError> {
-        let mut changes = self.state.subscribe();
-        changes.mark_unchanged();
-        Ok(ActorStream::new(futures_util::stream::unfold(
-            changes,
-            |mut changes| async move {
-                changes.changed().await.ok()?;
-                let value = changes.borrow_and_update().as_ref()?.value.value;
-                Some((value, changes))
-            },
-        )))
+        Ok(ActorStream::new(
+            self.state.changes().map(|state| state.value),
+        ))
     }
 }
 

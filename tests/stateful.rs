@@ -194,6 +194,18 @@ async fn losing_every_attempt_is_a_conflict() {
 }
 
 #[tokio::test]
+async fn changes_stream_every_committed_state() {
+    use futures_util::StreamExt;
+    let store: Arc<dyn ActorStateStore> = Arc::new(MemoryStateStore::new());
+    let counter = StoredCounter::new(store, "c");
+    let mut changes = Box::pin(counter.state.changes());
+    counter.increment(1).await.unwrap();
+    assert_eq!(changes.next().await.unwrap().value, 1);
+    counter.increment(2).await.unwrap();
+    assert_eq!(changes.next().await.unwrap().value, 3);
+}
+
+#[tokio::test]
 async fn committed_states_can_be_observed() {
     let store: Arc<dyn ActorStateStore> = Arc::new(MemoryStateStore::new());
     let counter = StoredCounter::new(store, "c");

@@ -181,6 +181,19 @@ where
         self.committed.subscribe()
     }
 
+    /// The states this handle commits from now on, as a stream: the body of an `observe_state`
+    /// stream method is `Ok(ActorStream::new(self.state.changes()))`. A slow reader skips to the
+    /// latest state (it never makes the actor wait).
+    pub fn changes(&self) -> impl futures_util::Stream<Item = T> + Send + 'static {
+        let mut committed = self.subscribe();
+        committed.mark_unchanged();
+        futures_util::stream::unfold(committed, |mut committed| async move {
+            committed.changed().await.ok()?;
+            let value = committed.borrow_and_update().as_ref()?.value.clone();
+            Some((value, committed))
+        })
+    }
+
     async fn load(&self) -> Result<Versioned<T>, RemoteError> {
         match self.store.load(&self.actor_id).await? {
             Some(stored) => Ok(Versioned {
