@@ -177,7 +177,23 @@ impl<Io: FrameIo + 'static> Link<Io> {
         };
         loop {
             match items.try_recv() {
-                Ok(item) => return Some(item),
+                Ok(item) => {
+                    // Route what has already arrived before giving the turn back, so the next
+                    // items are waiting in the channel instead of each needing a turn. Never more
+                    // than our own channel has room for: we are the one who empties it.
+                    let room = STREAM_BUFFER.saturating_sub(items.len() + 1);
+                    for _ in 0..room {
+                        match reader.next().now_or_never() {
+                            Some(Some(Ok(frame))) => self.deliver(&frame).await,
+                            Some(_) => {
+                                self.broken.cancel();
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    return Some(item);
+                }
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }

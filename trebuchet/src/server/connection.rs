@@ -276,24 +276,22 @@ where
             // Last in this biased select, so incoming frames (a `cancel` above all) are read even
             // while streams have items ready. A stream is only polled when its previous item has
             // been written: a producer never runs ahead of the socket (backpressure).
-            Some((call_id, stream_id, encoding, event)) = streams.next(), if !streams.is_empty() => {
-                let envelope = match event {
-                    StreamEvent::Data { sequence_number, data } => Envelope::StreamData(StreamData {
-                        stream_id: stream_id.to_string(),
-                        sequence_number,
-                        data,
-                        timestamp: now_millis(),
-                    }),
-                    StreamEvent::Failed(error) => {
-                        open_streams.remove(&call_id);
-                        Envelope::StreamError(StreamError { stream_id: stream_id.to_string(), error })
+            Some(first) = streams.next(), if !streams.is_empty() => {
+                // Write this item and the others already waiting (up to a batch), then flush
+                // once: one write for many small items.
+                let mut next = Some(first);
+                let mut written = 0;
+                while let Some((call_id, stream_id, encoding, event)) = next.take() {
+                    let envelope = stream_envelope(call_id, &stream_id, event, &mut open_streams);
+                    if io.feed(encode_or_internal(&envelope, encoding)).await.is_err() {
+                        return Ending::Closed;
                     }
-                    StreamEvent::End => {
-                        open_streams.remove(&call_id);
-                        Envelope::StreamEnd(StreamEnd { stream_id: stream_id.to_string() })
+                    written += 1;
+                    if written < STREAM_WRITE_BATCH {
+                        next = streams.next().now_or_never().flatten();
                     }
-                };
-                if send_envelope(&mut io, &envelope, encoding).await.is_err() {
+                }
+                if io.flush().await.is_err() {
                     return Ending::Closed;
                 }
             }
@@ -301,6 +299,42 @@ where
     }
     let _ = io.close().await;
     ending
+}
+
+/// How many stream items are written before a flush.
+const STREAM_WRITE_BATCH: usize = 64;
+
+/// The envelope for one stream event; an ended stream is no longer open.
+fn stream_envelope(
+    call_id: u64,
+    stream_id: &str,
+    event: StreamEvent,
+    open_streams: &mut HashMap<u64, OpenStream>,
+) -> Envelope {
+    match event {
+        StreamEvent::Data {
+            sequence_number,
+            data,
+        } => Envelope::StreamData(StreamData {
+            stream_id: stream_id.to_owned(),
+            sequence_number,
+            data,
+            timestamp: now_millis(),
+        }),
+        StreamEvent::Failed(error) => {
+            open_streams.remove(&call_id);
+            Envelope::StreamError(StreamError {
+                stream_id: stream_id.to_owned(),
+                error,
+            })
+        }
+        StreamEvent::End => {
+            open_streams.remove(&call_id);
+            Envelope::StreamEnd(StreamEnd {
+                stream_id: stream_id.to_owned(),
+            })
+        }
+    }
 }
 
 /// Sends the answer to `call_id`; a result over the frame limit is replaced by a
