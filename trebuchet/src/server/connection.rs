@@ -232,7 +232,7 @@ where
                             }
                             continue;
                         }
-                        let call = Call { invocation, connection: connection.clone() };
+                        let call = Call::new(invocation, connection.clone());
                         let future = match service.ready().await {
                             Ok(service) => service.call(call).boxed(),
                             Err(error) => std::future::ready(Err(error)).boxed(),

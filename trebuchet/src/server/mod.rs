@@ -30,6 +30,20 @@ pub struct Call {
     pub invocation: Invocation,
     /// The connection the invocation arrived on.
     pub connection: Arc<ConnectionInfo>,
+    /// What middleware learned about the call, for the layers after it (for example the
+    /// authenticated [`crate::middleware::Principal`]).
+    pub extensions: http::Extensions,
+}
+
+impl Call {
+    /// A call of `invocation` that came on `connection`, with no extensions yet.
+    pub fn new(invocation: Invocation, connection: Arc<ConnectionInfo>) -> Self {
+        Call {
+            invocation,
+            connection,
+            extensions: http::Extensions::new(),
+        }
+    }
 }
 
 /// What a server knows about a client connection (shared by all its calls).
