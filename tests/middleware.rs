@@ -403,3 +403,52 @@ async fn the_full_stack_serves_tcp_too() {
     assert_eq!(items, vec![1, 2, 3]);
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+fn signed(algorithm: jsonwebtoken::Algorithm, key: jsonwebtoken::EncodingKey, sub: &str) -> String {
+    let claims = json!({"sub": sub, "roles": ["player"], "exp": now() + 600});
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(algorithm), &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_are_checked_with_public_keys() {
+    let rs = Jwt::rs256(include_bytes!("keys/rs256-public.pem")).unwrap();
+    let es = Jwt::es256(include_bytes!("keys/es256-public.pem")).unwrap();
+    let rs_key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("keys/rs256-private.pem")).unwrap();
+    let es_key =
+        jsonwebtoken::EncodingKey::from_ec_pem(include_bytes!("keys/es256-private.pem")).unwrap();
+    for (jwt, good, wrong) in [
+        (
+            rs,
+            signed(jsonwebtoken::Algorithm::RS256, rs_key.clone(), "rita"),
+            signed(jsonwebtoken::Algorithm::ES256, es_key.clone(), "mallory"),
+        ),
+        (
+            es,
+            signed(jsonwebtoken::Algorithm::ES256, es_key, "eve"),
+            signed(jsonwebtoken::Algorithm::RS256, rs_key, "mallory"),
+        ),
+    ] {
+        let server = Gateway::new(system())
+            .layer(AuthenticationLayer::new(jwt))
+            .serve_websocket("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let bearer = format!("Bearer {good}");
+        assert_eq!(
+            counter_with(&server, &[("authorization", &bearer)])
+                .await
+                .get()
+                .await
+                .unwrap(),
+            0
+        );
+        let bearer = format!("Bearer {wrong}");
+        let error = counter_with(&server, &[("authorization", &bearer)])
+            .await
+            .get()
+            .await
+            .unwrap_err();
+        assert_eq!(code_of(error), ErrorCode::Unauthenticated);
+    }
+}
