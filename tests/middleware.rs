@@ -452,3 +452,89 @@ async fn rs256_and_es256_tokens_are_checked_with_public_keys() {
         assert_eq!(code_of(error), ErrorCode::Unauthenticated);
     }
 }
+
+#[trebuchet::distributed_actor]
+pub trait Relay {
+    async fn relay(&self, text: String) -> Result<String, trebuchet::RemoteError>;
+}
+
+struct RelayActor {
+    probe: ProbeClient,
+}
+
+impl Relay for RelayActor {
+    async fn relay(&self, text: String) -> Result<String, trebuchet::RemoteError> {
+        self.probe.echo(text).await.map_err(|error| match error {
+            ProbeError::Remote(remote) => remote,
+            other => trebuchet::RemoteError::internal(other.to_string()),
+        })
+    }
+}
+
+/// Records the `traceparent` of every call it sees.
+struct RecordTraceparent(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Check for RecordTraceparent {
+    fn check<'a>(
+        &'a self,
+        call: &'a mut Call,
+    ) -> BoxFuture<'a, Result<(), trebuchet::RemoteError>> {
+        if let Some(traceparent) = call.invocation.metadata.get("traceparent") {
+            self.0.lock().unwrap().push(traceparent.clone());
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[tokio::test]
+async fn the_trace_context_follows_a_call_to_the_next_actor() {
+    // Server B: the probe, recording what trace context reaches it.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let b = Gateway::new(system())
+        .layer(CheckLayer::from_check(RecordTraceparent(seen.clone())))
+        .serve_websocket("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    // Server A: a relay that calls B while handling its own call.
+    let to_b = ActorSystem::new()
+        .connect(Transport::WebSocket(b.url().into()))
+        .await
+        .unwrap();
+    let a_system = ActorSystem::new();
+    a_system
+        .expose(
+            "relay",
+            RelayActor {
+                probe: to_b.actor("probe"),
+            }
+            .into_actor(),
+        )
+        .unwrap();
+    let a = Gateway::new(a_system)
+        .layer(TraceLayer::new())
+        .serve_websocket("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+
+    let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut config = ClientConfig::default();
+    config
+        .metadata
+        .insert("traceparent".into(), incoming.into());
+    let client = ActorSystem::new()
+        .connect_with(Transport::WebSocket(a.url().into()), config)
+        .await
+        .unwrap();
+    let relay: RelayClient = client.actor("relay");
+    assert_eq!(relay.relay("hi".into()).await.unwrap(), "hi");
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let outgoing = TraceContext::parse(&seen[0]).expect("a valid traceparent");
+    assert_eq!(
+        outgoing.trace_id(),
+        "0af7651916cd43dd8448eb211c80319c",
+        "same trace"
+    );
+    assert_ne!(seen[0], incoming, "a new parent span: the relay's");
+}

@@ -495,12 +495,19 @@ impl<C: Connector> Multiplexed<C> {
     ) -> Result<(Arc<Link<C::Io>>, u64, Answer), RemoteError> {
         let deadline = Instant::now() + self.config.call_timeout;
         let call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
+        let mut metadata = self.config.metadata.clone();
+        // A call made while handling a traced invocation continues its trace.
+        if !metadata.contains_key("traceparent")
+            && let Some(context) = crate::middleware::TraceContext::current()
+        {
+            metadata.insert("traceparent".to_owned(), context.traceparent());
+        }
         let envelope = Envelope::Invocation(Invocation {
             call_id,
             actor_id: actor_id.to_owned(),
             method: method.to_owned(),
             args,
-            metadata: self.config.metadata.clone(),
+            metadata,
         });
         let frame = codec::encode(&envelope, self.config.encoding)
             .map_err(|error| RemoteError::bad_request(error.to_string()))?;

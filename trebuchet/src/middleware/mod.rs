@@ -44,7 +44,7 @@ mod validation;
 pub use authentication::{ApiKeys, AuthenticationLayer, Authenticator, Credential, Jwt};
 pub use authorization::{ANONYMOUS_ROLE, AuthorizationLayer, Rbac};
 pub use rate_limit::{RateLimitLayer, RetryAfter};
-pub use trace::TraceLayer;
+pub use trace::{TraceContext, TraceLayer};
 pub use validation::ValidationLayer;
 
 /// Who is calling: set by authentication, read by the layers after it.

@@ -1,4 +1,4 @@
-//! Tracing: a span per invocation.
+//! Tracing: a span per invocation, and W3C trace context carried on to the calls it makes.
 
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -18,6 +18,10 @@ use crate::stream::Reply;
 /// when it is known, `principal`; logs its `outcome` (`ok` or the error code) and `duration_us`
 /// when it ends. Put it first (outermost) to see calls the other layers reject, or after
 /// authentication to see the principal.
+///
+/// The call runs in a trace context of its own: the caller's trace id (or a new one) with a new
+/// span id. Calls the actor makes to other actors while handling it carry that context as their
+/// `traceparent`, so one trace follows a request across actors and servers.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TraceLayer;
 
@@ -66,11 +70,12 @@ where
             traceparent = invocation.metadata.get("traceparent").map(String::as_str),
             principal = Principal::of(&call).map(|principal| principal.id.as_str()),
         );
+        let context = TraceContext::child_of(invocation.metadata.get("traceparent"));
         let started = Instant::now();
         let future = span.in_scope(|| self.inner.call(call));
         Box::pin(
             async move {
-                let result = future.await;
+                let result = CURRENT.scope(context, future).await;
                 let duration_us = started.elapsed().as_micros() as u64;
                 match &result {
                     Ok(_) => tracing::info!(outcome = "ok", duration_us, "invocation finished"),
@@ -85,5 +90,98 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: TraceContext;
+}
+
+/// A W3C trace context (`traceparent`): trace id, span id and flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: String,
+    span_id: String,
+    flags: String,
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", fastrand::u8(..)))
+        .collect()
+}
+
+impl TraceContext {
+    /// Reads a `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`).
+    pub fn parse(traceparent: &str) -> Option<Self> {
+        let mut parts = traceparent.trim().split('-');
+        let (version, trace_id, span_id, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |text: &str, len: usize| {
+            text.len() == len && text.bytes().all(|b| b.is_ascii_hexdigit())
+        };
+        (hex(version, 2)
+            && hex(trace_id, 32)
+            && hex(span_id, 16)
+            && hex(flags, 2)
+            && trace_id.bytes().any(|b| b != b'0'))
+        .then(|| TraceContext {
+            trace_id: trace_id.to_ascii_lowercase(),
+            span_id: span_id.to_ascii_lowercase(),
+            flags: flags.to_ascii_lowercase(),
+        })
+    }
+
+    /// A new span in the trace of `parent` (or in a new trace if there is none or it is invalid).
+    pub fn child_of(parent: Option<&String>) -> Self {
+        match parent.and_then(|parent| Self::parse(parent)) {
+            Some(parent) => TraceContext {
+                span_id: random_hex(8),
+                ..parent
+            },
+            None => TraceContext {
+                trace_id: random_hex(16),
+                span_id: random_hex(8),
+                flags: "01".to_owned(),
+            },
+        }
+    }
+
+    /// The trace id (32 hex digits).
+    pub fn trace_id(&self) -> &str {
+        &self.trace_id
+    }
+
+    /// The `traceparent` value for calls made from this context.
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+    }
+
+    /// The context of the invocation the current task is handling, if a [`TraceLayer`] set one.
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_continues_w3c_trace_context() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned();
+        let child = TraceContext::child_of(Some(&parent));
+        assert_eq!(child.trace_id(), "0af7651916cd43dd8448eb211c80319c");
+        assert_ne!(child.traceparent(), parent);
+        assert!(TraceContext::parse(&child.traceparent()).is_some());
+        for bad in [
+            "",
+            "00-xyz-abc-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        ] {
+            assert!(TraceContext::parse(bad).is_none(), "{bad}");
+        }
+        let fresh = TraceContext::child_of(None);
+        assert!(TraceContext::parse(&fresh.traceparent()).is_some());
     }
 }
