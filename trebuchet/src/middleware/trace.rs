@@ -71,6 +71,9 @@ where
             principal = Principal::of(&call).map(|principal| principal.id.as_str()),
         );
         let context = TraceContext::child_of(invocation.metadata.get("traceparent"));
+        #[cfg(feature = "opentelemetry")]
+        let context =
+            otel::join_trace(&span, invocation.metadata.get("traceparent")).unwrap_or(context);
         let started = Instant::now();
         let future = span.in_scope(|| self.inner.call(call));
         Box::pin(
@@ -160,6 +163,46 @@ impl TraceContext {
     /// The context of the invocation the current task is handling, if a [`TraceLayer`] set one.
     pub fn current() -> Option<Self> {
         CURRENT.try_with(Clone::clone).ok()
+    }
+}
+
+/// OpenTelemetry export (cargo feature `opentelemetry`): the invocation's span is joined to the
+/// caller's trace, and the calls it makes carry the span's own ids.
+#[cfg(feature = "opentelemetry")]
+mod otel {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::TraceContext;
+
+    /// Makes `parent` (a `traceparent`) the remote parent of `span`; returns the span's own
+    /// context, if OpenTelemetry is recording it.
+    pub(super) fn join_trace(
+        span: &tracing::Span,
+        parent: Option<&String>,
+    ) -> Option<TraceContext> {
+        if let Some(parent) = parent.and_then(|parent| TraceContext::parse(parent)) {
+            let remote = SpanContext::new(
+                TraceId::from_hex(&parent.trace_id).ok()?,
+                SpanId::from_hex(&parent.span_id).ok()?,
+                TraceFlags::new(u8::from_str_radix(&parent.flags, 16).ok()?),
+                true,
+                TraceState::default(),
+            );
+            let joined = opentelemetry::Context::new().with_remote_span_context(remote);
+            if let Err(error) = span.set_parent(joined) {
+                tracing::debug!(%error, "cannot join the caller's trace");
+            }
+        }
+        let context = span.context();
+        let own = context.span().span_context().clone();
+        own.is_valid().then(|| TraceContext {
+            trace_id: own.trace_id().to_string(),
+            span_id: own.span_id().to_string(),
+            flags: format!("{:02x}", own.trace_flags().to_u8()),
+        })
     }
 }
 
