@@ -75,11 +75,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    let system = ActorSystem::new();
-    system.expose("counter", MemoryCounter::default().into_actor())?;
     // Order matters: the first layer sees a call first. Authentication comes before the layers
     // that need to know who is calling; a call it refuses never reaches them.
-    let gateway = Gateway::new(system)
+    let gateway = Gateway::new(ActorSystem::new())
+        .expose("counter", MemoryCounter::default().into_actor())?
         .layer(TraceLayer::new())
         .layer(AuthenticationLayer::new(
             Jwt::hs256(SECRET).audience(&["counter-app"]),

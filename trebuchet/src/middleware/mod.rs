@@ -9,7 +9,12 @@
 //! # use trebuchet::ActorSystem;
 //! # use std::num::NonZeroU32;
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # use trebuchet::{RemoteError, distributed_actor};
+//! # #[distributed_actor] pub trait GameRoom { async fn join(&self) -> Result<(), RemoteError>; }
+//! # struct Room;
+//! # impl GameRoom for Room { async fn join(&self) -> Result<(), RemoteError> { Ok(()) } }
 //! let gateway = Gateway::new(ActorSystem::new())
+//!     .expose("game-room", Room.into_actor())?
 //!     .layer(TraceLayer::new())
 //!     .layer(AuthenticationLayer::new(ApiKeys::new().key("secret", Principal::new("alice", ["player"]))))
 //!     .layer(AuthorizationLayer::new(Rbac::new().allow("player", "game-room", "*")))
@@ -30,10 +35,11 @@ use tower::layer::util::{Identity, Stack};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::actor::{Actor, Dispatch};
 use crate::protocol::RemoteError;
 use crate::server::{Call, ServerConfig, ServerHandle};
 use crate::stream::Reply;
-use crate::system::ActorSystem;
+use crate::system::{ActorSystem, ExposeError};
 
 mod authentication;
 mod authorization;
@@ -194,6 +200,20 @@ impl<L> Gateway<L> {
             layers: self.layers.layer(layer),
             config: self.config,
         }
+    }
+
+    /// Exposes `actor` as `id` in the gateway's system (see [`ActorSystem::expose`]).
+    pub fn expose<P, A>(
+        self,
+        id: impl Into<String>,
+        actor: Actor<P, A>,
+    ) -> Result<Self, ExposeError>
+    where
+        P: Dispatch<A>,
+        A: Send + Sync + 'static,
+    {
+        self.system.expose(id, actor)?;
+        Ok(self)
     }
 
     /// Uses `config` for the servers this gateway starts.
