@@ -276,17 +276,9 @@ impl<P: ActorProtocol> ActorRef<P> {
         E: ActorError,
     {
         match &self.route {
-            Route::Local(local) => {
-                let response = local.ask(&self.id, request).await?;
-                extract(response).unwrap_or_else(|| {
-                    Err(RemoteError::internal("the actor answered another method").into())
-                })
-            }
+            Route::Local(local) => self.ask_local(local, request, extract).await,
             Route::Remote(connection) => {
-                let (method, args) =
-                    P::encode_request(&request, connection.encoding()).map_err(|error| {
-                        RemoteError::bad_request(format!("cannot encode the arguments: {error}"))
-                    })?;
+                let (method, args) = encode_args::<P>(connection, &request)?;
                 match connection.invoke(&self.id, method, args).await {
                     Ok(result) => result.decode().map_err(|error| {
                         RemoteError::internal(format!(
@@ -314,17 +306,9 @@ impl<P: ActorProtocol> ActorRef<P> {
         E: ActorError,
     {
         match &self.route {
-            Route::Local(local) => {
-                let response = local.ask(&self.id, request).await?;
-                extract(response).unwrap_or_else(|| {
-                    Err(RemoteError::internal("the actor answered another method").into())
-                })
-            }
+            Route::Local(local) => self.ask_local(local, request, extract).await,
             Route::Remote(connection) => {
-                let (method, args) =
-                    P::encode_request(&request, connection.encoding()).map_err(|error| {
-                        RemoteError::bad_request(format!("cannot encode the arguments: {error}"))
-                    })?;
+                let (method, args) = encode_args::<P>(connection, &request)?;
                 match connection.open_stream(&self.id, method, args).await {
                     Ok(items) => Ok(decode_stream(items)),
                     Err(error) => Err(typed_error(error)),
@@ -332,6 +316,30 @@ impl<P: ActorProtocol> ActorRef<P> {
             }
         }
     }
+}
+
+impl<P: ActorProtocol> ActorRef<P> {
+    /// An in-process call: the request goes to the actor as it is.
+    async fn ask_local<R, E: From<RemoteError>>(
+        &self,
+        local: &LocalRoute<P>,
+        request: P::Request,
+        extract: Extract<P, Result<R, E>>,
+    ) -> Result<R, E> {
+        let response = local.ask(&self.id, request).await?;
+        extract(response).unwrap_or_else(|| {
+            Err(RemoteError::internal("the actor answered another method").into())
+        })
+    }
+}
+
+/// The method name and arguments of `request`, in the connection's encoding.
+fn encode_args<P: ActorProtocol>(
+    connection: &Arc<dyn Connection>,
+    request: &P::Request,
+) -> Result<(&'static str, Payload), RemoteError> {
+    P::encode_request(request, connection.encoding())
+        .map_err(|error| RemoteError::bad_request(format!("cannot encode the arguments: {error}")))
 }
 
 /// The actor's own error when the remote error carries it, else the remote error converted.

@@ -6,6 +6,7 @@
 //! `tower::Layer`s wrapped around it, e.g. with `tower::ServiceBuilder`, and the same stack serves
 //! every transport.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,6 +23,64 @@ use crate::stream::Reply;
 use crate::system::ActorSystem;
 
 pub(crate) mod connection;
+
+/// Accepts connections on `listener` until shutdown, handing each socket to `serve_socket` (the
+/// transport's handshake and framing) on a task of its own. Shared by every network transport.
+pub(crate) fn listen<S, F, Fut>(
+    listener: tokio::net::TcpListener,
+    url: String,
+    service: S,
+    config: ServerConfig,
+    serve_socket: F,
+) -> std::io::Result<ServerHandle>
+where
+    S: Clone + Send + 'static,
+    F: Fn(tokio::net::TcpStream, SocketAddr, S, ServerConfig, CancellationToken) -> Fut
+        + Send
+        + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let local_addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let accept_loop = {
+        let (shutdown, connections, config) =
+            (shutdown.clone(), connections.clone(), config.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                match accepted {
+                    Ok((stream, peer_addr)) => {
+                        connections.spawn(serve_socket(
+                            stream,
+                            peer_addr,
+                            service.clone(),
+                            config.clone(),
+                            shutdown.child_token(),
+                        ));
+                    }
+                    Err(error) => {
+                        // Out of file descriptors and the like: wait a little rather than spin.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        })
+    };
+    tracing::info!(%local_addr, %url, "server listening");
+    Ok(ServerHandle::new(
+        local_addr,
+        url,
+        shutdown,
+        connections,
+        accept_loop,
+        config.shutdown_grace,
+    ))
+}
 
 /// One invocation as it reaches the service, with what is known of the connection it came on.
 #[derive(Clone, Debug)]

@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::client::{ClientConfig, ConnectError, Connection};
@@ -196,58 +195,8 @@ where
     S::Future: Send + 'static,
 {
     let listener = TcpListener::bind(addr).await?;
-    let local_addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let connections = TaskTracker::new();
-    let accept_loop = tokio::spawn(accept_loop(
-        listener,
-        service,
-        config.clone(),
-        shutdown.clone(),
-        connections.clone(),
-    ));
-    tracing::info!(%local_addr, "TCP server listening");
-    Ok(ServerHandle::new(
-        local_addr,
-        local_addr.to_string(),
-        shutdown,
-        connections,
-        accept_loop,
-        config.shutdown_grace,
-    ))
-}
-
-async fn accept_loop<S>(
-    listener: TcpListener,
-    service: S,
-    config: ServerConfig,
-    shutdown: CancellationToken,
-    connections: TaskTracker,
-) where
-    S: Service<Call, Response = Reply, Error = RemoteError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer_addr)) => {
-                connections.spawn(serve_socket(
-                    stream,
-                    peer_addr,
-                    service.clone(),
-                    config.clone(),
-                    shutdown.child_token(),
-                ));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let url = listener.local_addr()?.to_string();
+    crate::server::listen(listener, url, service, config, serve_socket)
 }
 
 async fn serve_socket<S>(

@@ -19,7 +19,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes, error::CapacityError};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::client::{ClientConfig, ConnectError, Connection};
@@ -167,59 +166,8 @@ where
     S: Service<Call, Response = Reply, Error = RemoteError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    let local_addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let connections = TaskTracker::new();
-    let accept_loop = tokio::spawn(accept_loop(
-        listener,
-        service,
-        config.clone(),
-        shutdown.clone(),
-        connections.clone(),
-    ));
-    tracing::info!(%local_addr, "WebSocket server listening");
-    Ok(ServerHandle::new(
-        local_addr,
-        format!("ws://{local_addr}/"),
-        shutdown,
-        connections,
-        accept_loop,
-        config.shutdown_grace,
-    ))
-}
-
-async fn accept_loop<S>(
-    listener: TcpListener,
-    service: S,
-    config: ServerConfig,
-    shutdown: CancellationToken,
-    connections: TaskTracker,
-) where
-    S: Service<Call, Response = Reply, Error = RemoteError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer_addr)) => {
-                connections.spawn(serve_socket(
-                    stream,
-                    peer_addr,
-                    service.clone(),
-                    config.clone(),
-                    shutdown.child_token(),
-                ));
-            }
-            Err(error) => {
-                // Out of file descriptors and the like: wait a little rather than spin.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let url = format!("ws://{}/", listener.local_addr()?);
+    crate::server::listen(listener, url, service, config, serve_socket)
 }
 
 async fn serve_socket<S>(
