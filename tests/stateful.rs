@@ -3,23 +3,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod common;
+
+use common::{Counter, CounterClient, CounterError};
 use serde::{Deserialize, Serialize};
 use trebuchet::state::{ActorStateStore, MemoryStateStore, RedbStateStore, State, decode_state};
-use trebuchet::{ActorSystem, Encoding, ErrorCode, RemoteError, Transport, distributed_actor};
-
-#[derive(Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
-pub enum CounterError {
-    #[error("overflow")]
-    Overflow,
-    #[error(transparent)]
-    Remote(#[from] RemoteError),
-}
-
-#[distributed_actor]
-pub trait Counter {
-    async fn increment(&self, by: u64) -> Result<u64, CounterError>;
-    async fn get(&self) -> Result<u64, CounterError>;
-}
+use trebuchet::{ActorSystem, Encoding, ErrorCode, Transport};
 
 #[derive(Clone, Default, Serialize, Deserialize)]
 struct CounterState {
@@ -107,33 +96,30 @@ async fn sixteen_clients_times_a_hundred_increments_give_exactly_1600() {
     assert_eq!(stored.version, 1600, "one write per increment");
 }
 
-#[tokio::test]
-async fn state_survives_a_restart() {
-    let file = TempFile::new();
-    {
-        let store = Arc::new(RedbStateStore::open(&file.0).unwrap());
-        let system = ActorSystem::new();
-        system
-            .expose("counter", StoredCounter::new(store, "counter").into_actor())
-            .unwrap();
-        let counter: CounterClient = system
-            .connect(Transport::Local)
-            .await
-            .unwrap()
-            .actor("counter");
-        assert_eq!(counter.increment(40).await.unwrap(), 40);
-        assert_eq!(counter.increment(2).await.unwrap(), 42);
-    }
-    let store = Arc::new(RedbStateStore::open(&file.0).unwrap());
+/// The counter kept in the state file at `path`, called in-process. The file stays open until
+/// the returned client (and with it the actor) is dropped.
+async fn counter_on_file(path: &std::path::Path) -> CounterClient {
+    let store = Arc::new(RedbStateStore::open(path).unwrap());
     let system = ActorSystem::new();
     system
         .expose("counter", StoredCounter::new(store, "counter").into_actor())
         .unwrap();
-    let counter: CounterClient = system
+    system
         .connect(Transport::Local)
         .await
         .unwrap()
-        .actor("counter");
+        .actor("counter")
+}
+
+#[tokio::test]
+async fn state_survives_a_restart() {
+    let file = TempFile::new();
+    {
+        let counter = counter_on_file(&file.0).await;
+        assert_eq!(counter.increment(40).await.unwrap(), 40);
+        assert_eq!(counter.increment(2).await.unwrap(), 42);
+    }
+    let counter = counter_on_file(&file.0).await;
     assert_eq!(counter.get().await.unwrap(), 42);
     assert_eq!(counter.increment(1).await.unwrap(), 43);
 }

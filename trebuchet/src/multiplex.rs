@@ -110,16 +110,24 @@ impl<Io: FrameIo + 'static> Link<Io> {
         let Ok(mut reader) = self.reader.clone().try_lock_owned() else {
             return Ok(None);
         };
-        while let Some(inbound) = reader.next().now_or_never() {
-            match inbound {
-                Some(Ok(frame)) => self.deliver(&frame).await,
-                Some(Err(_)) | None => {
+        self.route_arrived(&mut reader, usize::MAX).await?;
+        Ok(Some(reader))
+    }
+
+    /// Routes the frames that have already arrived (at most `limit`), without waiting for more.
+    /// `Err` if that shows the connection is gone.
+    async fn route_arrived(&self, reader: &mut ReaderTurn<Io>, limit: usize) -> Result<(), ()> {
+        for _ in 0..limit {
+            match reader.next().now_or_never() {
+                Some(Some(Ok(frame))) => self.deliver(&frame).await,
+                Some(_) => {
                     self.broken.cancel();
                     return Err(());
                 }
+                None => break,
             }
         }
-        Ok(Some(reader))
+        Ok(())
     }
 
     /// Reads one frame with the reading turn and routes it; `Err` if the connection is gone.
@@ -182,16 +190,8 @@ impl<Io: FrameIo + 'static> Link<Io> {
                     // items are waiting in the channel instead of each needing a turn. Never more
                     // than our own channel has room for: we are the one who empties it.
                     let room = STREAM_BUFFER.saturating_sub(items.len() + 1);
-                    for _ in 0..room {
-                        match reader.next().now_or_never() {
-                            Some(Some(Ok(frame))) => self.deliver(&frame).await,
-                            Some(_) => {
-                                self.broken.cancel();
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
+                    // A lost connection shows at the next read; this item is still good.
+                    let _ = self.route_arrived(&mut reader, room).await;
                     return Some(item);
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,

@@ -334,7 +334,7 @@ impl Serialize for Payload {
             let raw = self.raw_json().map_err(serde::ser::Error::custom)?;
             raw.serialize(serializer)
         } else {
-            (self.encoding, serde_bytes_ref(&self.bytes)).serialize(serializer)
+            (self.encoding, BytesRef(&self.bytes)).serialize(serializer)
         }
     }
 }
@@ -355,10 +355,6 @@ impl<'de> Deserialize<'de> for Payload {
 }
 
 /// Serializes a byte slice with `serialize_bytes` (a length and the bytes, not a sequence).
-fn serde_bytes_ref(bytes: &[u8]) -> BytesRef<'_> {
-    BytesRef(bytes)
-}
-
 struct BytesRef<'a>(&'a [u8]);
 
 impl Serialize for BytesRef<'_> {
