@@ -14,7 +14,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 mod support;
 use kameo::actor::Spawn;
 use kameo::message::{Context, Message};
-use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
 use trebuchet::{ActorSystem, RemoteError, Transport, distributed_actor};
 
@@ -52,16 +51,8 @@ impl Message<Increment> for KameoCounter {
 
 type Bare = (u64, oneshot::Sender<u64>);
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Runs `iters` calls of `call` sequentially inside a runtime task and times them.
-fn timed<F, Fut>(rt: &Runtime, iters: u64, call: F) -> Duration
+fn timed<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, call: F) -> Duration
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = u64> + Send,
@@ -77,7 +68,7 @@ where
 }
 
 fn local_call(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = support::runtime();
     let (trebuchet, kameo, bare) = rt.block_on(async {
         let system = ActorSystem::new();
         system

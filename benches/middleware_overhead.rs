@@ -65,11 +65,7 @@ where
 }
 
 fn middleware_overhead(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     let system = rt.block_on(async {
         let system = ActorSystem::new();
         system

@@ -11,7 +11,6 @@ use futures_util::StreamExt;
 mod support;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Runtime;
 use trebuchet::codec;
 use trebuchet::protocol::{Envelope, StreamData};
 use trebuchet::{
@@ -91,16 +90,8 @@ async fn raw_receive(stream: &mut BufReader<TcpStream>, count: u64, buffer: &mut
     }
 }
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn stream_throughput(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = support::runtime();
     let size = frame_size();
     let (source, raw_address, _server) = rt.block_on(async {
         let system = ActorSystem::new();

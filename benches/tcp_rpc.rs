@@ -10,7 +10,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 mod support;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Runtime;
 use trebuchet::codec;
 use trebuchet::protocol::{Envelope, Invocation};
 use trebuchet::{
@@ -67,21 +66,13 @@ async fn raw_echo_server(size: usize) -> String {
     address
 }
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 async fn raw_round_trip(stream: &mut TcpStream, message: &mut [u8]) {
     stream.write_all(message).await.unwrap();
     stream.read_exact(message).await.unwrap();
 }
 
 fn tcp_rpc(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = support::runtime();
     let size = request_size();
     let (echo, raw_address, _server) = rt.block_on(async {
         let system = ActorSystem::new();

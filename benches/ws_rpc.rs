@@ -11,7 +11,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 mod support;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
-use tokio::runtime::Runtime;
 use tokio_tungstenite::tungstenite::Message;
 use trebuchet::codec;
 use trebuchet::protocol::{Envelope, Invocation};
@@ -69,21 +68,8 @@ async fn raw_echo_server() -> String {
     url
 }
 
-fn runtime() -> Runtime {
-    (if std::env::var("BENCH_CURRENT_THREAD").is_ok() {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(2);
-        b
-    })
-    .enable_all()
-    .build()
-    .unwrap()
-}
-
 fn ws_rpc(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = support::runtime();
     let (echo, raw_url, _server) = rt.block_on(async {
         let system = ActorSystem::new();
         system.expose("echo", EchoActor.into_actor()).unwrap();

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use tokio::runtime::Runtime;
+
 /// Prints the medians of the per-call batch means of both sides and their ratio.
 pub fn report_ratio(
     label: &str,
@@ -23,4 +25,13 @@ pub fn report_ratio(
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]
+}
+
+/// The runtime every bench runs both sides on: multi-threaded, two workers (this machine's cores).
+pub fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
