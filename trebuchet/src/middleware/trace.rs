@@ -101,21 +101,15 @@ tokio::task_local! {
 }
 
 /// A W3C trace context (`traceparent`): trace id, span id and flags.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceContext {
-    trace_id: String,
-    span_id: String,
-    flags: String,
-}
-
-fn random_hex(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", fastrand::u8(..)))
-        .collect()
+    trace_id: u128,
+    span_id: u64,
+    flags: u8,
 }
 
 impl TraceContext {
-    /// Reads a `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`).
+    /// Reads a `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`, trace id not all zeros).
     pub fn parse(traceparent: &str) -> Option<Self> {
         let mut parts = traceparent.trim().split('-');
         let (version, trace_id, span_id, flags) =
@@ -123,41 +117,42 @@ impl TraceContext {
         let hex = |text: &str, len: usize| {
             text.len() == len && text.bytes().all(|b| b.is_ascii_hexdigit())
         };
-        (hex(version, 2)
-            && hex(trace_id, 32)
-            && hex(span_id, 16)
-            && hex(flags, 2)
-            && trace_id.bytes().any(|b| b != b'0'))
-        .then(|| TraceContext {
-            trace_id: trace_id.to_ascii_lowercase(),
-            span_id: span_id.to_ascii_lowercase(),
-            flags: flags.to_ascii_lowercase(),
-        })
+        if !(hex(version, 2) && hex(trace_id, 32) && hex(span_id, 16) && hex(flags, 2)) {
+            return None;
+        }
+        let context = TraceContext {
+            trace_id: u128::from_str_radix(trace_id, 16).ok()?,
+            span_id: u64::from_str_radix(span_id, 16).ok()?,
+            flags: u8::from_str_radix(flags, 16).ok()?,
+        };
+        (context.trace_id != 0).then_some(context)
     }
 
     /// A new span in the trace of `parent` (or in a new trace if there is none or it is invalid).
     pub fn child_of(parent: Option<&String>) -> Self {
+        // Random ids, never all zeros.
+        let span_id = fastrand::u64(1..);
         match parent.and_then(|parent| Self::parse(parent)) {
-            Some(parent) => TraceContext {
-                span_id: random_hex(8),
-                ..parent
-            },
+            Some(parent) => TraceContext { span_id, ..parent },
             None => TraceContext {
-                trace_id: random_hex(16),
-                span_id: random_hex(8),
-                flags: "01".to_owned(),
+                trace_id: (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(1..)),
+                span_id,
+                flags: 1,
             },
         }
     }
 
     /// The trace id (32 hex digits).
-    pub fn trace_id(&self) -> &str {
-        &self.trace_id
+    pub fn trace_id(&self) -> String {
+        format!("{:032x}", self.trace_id)
     }
 
     /// The `traceparent` value for calls made from this context.
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.span_id, self.flags
+        )
     }
 
     /// The context of the invocation the current task is handling, if a [`TraceLayer`] set one.
@@ -185,9 +180,9 @@ mod otel {
     ) -> Option<TraceContext> {
         if let Some(parent) = parent.and_then(|parent| TraceContext::parse(parent)) {
             let remote = SpanContext::new(
-                TraceId::from_hex(&parent.trace_id).ok()?,
-                SpanId::from_hex(&parent.span_id).ok()?,
-                TraceFlags::new(u8::from_str_radix(&parent.flags, 16).ok()?),
+                TraceId::from_bytes(parent.trace_id.to_be_bytes()),
+                SpanId::from_bytes(parent.span_id.to_be_bytes()),
+                TraceFlags::new(parent.flags),
                 true,
                 TraceState::default(),
             );
@@ -199,9 +194,9 @@ mod otel {
         let context = span.context();
         let own = context.span().span_context().clone();
         own.is_valid().then(|| TraceContext {
-            trace_id: own.trace_id().to_string(),
-            span_id: own.span_id().to_string(),
-            flags: format!("{:02x}", own.trace_flags().to_u8()),
+            trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
+            span_id: u64::from_be_bytes(own.span_id().to_bytes()),
+            flags: own.trace_flags().to_u8(),
         })
     }
 }
