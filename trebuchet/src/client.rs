@@ -67,13 +67,19 @@ impl Default for ReconnectPolicy {
 impl ReconnectPolicy {
     /// The delay before reconnect attempt `attempt` (counting from 0), jitter included.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self
-            .initial_backoff
-            .saturating_mul(2u32.saturating_pow(attempt.min(31)))
-            .min(self.max_backoff);
-        let half = base / 2;
-        half + half.mul_f64(fastrand::f64())
+        backoff_delay(self.initial_backoff, self.max_backoff, attempt)
     }
+}
+
+/// Exponential backoff with "equal jitter": the delay before retry `attempt` (counting from 0) is
+/// `min(max, initial × 2^attempt)` less a random part of up to half of it. Used by reconnection
+/// here and by the retrying transports of other crates, so they all back off alike.
+pub fn backoff_delay(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let base = initial
+        .saturating_mul(2u32.saturating_pow(attempt.min(31)))
+        .min(max);
+    let half = base / 2;
+    half + half.mul_f64(fastrand::f64())
 }
 
 /// Settings of a client connection.
@@ -101,6 +107,21 @@ pub struct ClientConfig {
     pub reconnect: ReconnectPolicy,
     /// Sent with every invocation (for example `authorization`).
     pub metadata: Metadata,
+}
+
+impl ClientConfig {
+    /// The metadata to send with an invocation made now: [`metadata`](Self::metadata), plus the
+    /// `traceparent` of the traced invocation being handled, if any (so a call made by an actor
+    /// continues its caller's trace).
+    pub fn outgoing_metadata(&self) -> Metadata {
+        let mut metadata = self.metadata.clone();
+        if !metadata.contains_key("traceparent")
+            && let Some(context) = crate::middleware::TraceContext::current()
+        {
+            metadata.insert("traceparent".to_owned(), context.traceparent());
+        }
+        metadata
+    }
 }
 
 impl Default for ClientConfig {
@@ -137,6 +158,16 @@ pub enum ConnectError {
         /// Why it failed.
         #[source]
         source: std::io::Error,
+    },
+    /// A transport of another crate ([`Transport::Custom`]) could not connect, or its settings
+    /// are invalid.
+    #[error("{transport}: {source}")]
+    Custom {
+        /// The transport, as its connector describes itself.
+        transport: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -176,6 +207,7 @@ impl Client {
             Transport::Tcp(address) => {
                 ClientRoute::Remote(crate::transport::tcp::connect(&address, config).await?)
             }
+            Transport::Custom(custom) => ClientRoute::Remote(custom.0.connect(config).await?),
         };
         Ok(Client { route })
     }

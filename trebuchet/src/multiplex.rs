@@ -495,13 +495,7 @@ impl<C: Connector> Multiplexed<C> {
     ) -> Result<(Arc<Link<C::Io>>, u64, Answer), RemoteError> {
         let deadline = Instant::now() + self.config.call_timeout;
         let call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
-        let mut metadata = self.config.metadata.clone();
-        // A call made while handling a traced invocation continues its trace.
-        if !metadata.contains_key("traceparent")
-            && let Some(context) = crate::middleware::TraceContext::current()
-        {
-            metadata.insert("traceparent".to_owned(), context.traceparent());
-        }
+        let metadata = self.config.outgoing_metadata();
         let envelope = Envelope::Invocation(Invocation {
             call_id,
             actor_id: actor_id.to_owned(),

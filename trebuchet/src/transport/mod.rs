@@ -5,11 +5,16 @@
 //! | [`Transport::Local`] | [`local`] | none (typed messages) | same process, straight into the actor's mailbox |
 //! | [`Transport::WebSocket`] | [`websocket`] | bincode (binary frames) or JSON (text frames) | one multiplexed connection per client |
 //! | [`Transport::Tcp`] | [`tcp`] | bincode (length-prefixed frames) | one multiplexed connection per client |
+//! | [`Transport::Custom`] | another crate (e.g. `trebuchet-aws`'s Lambda invoke transport) | its own | made by a [`Connector`] |
 //!
 //! Network transports differ only in framing: they turn their byte stream into [`Frame`]s, and
 //! the shared client ([`crate::client::Connection`]) and server connection loops do the rest.
 
+use std::fmt;
 use std::io;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 
 use tokio::net::TcpStream;
 
@@ -32,6 +37,45 @@ pub enum Transport {
     WebSocket(String),
     /// A Trebuchet TCP server, `host:port`, e.g. `127.0.0.1:9091`.
     Tcp(String),
+    /// A transport defined in another crate, such as the AWS Lambda invoke transport of
+    /// `trebuchet-aws` (`Transport::from(LambdaTransport::…)`).
+    Custom(CustomTransport),
+}
+
+/// Makes the client connection of a transport defined outside this crate.
+pub trait Connector: Send + Sync + 'static {
+    /// A short name for logs and `Debug`, e.g. `"lambda:counter"`.
+    fn describe(&self) -> String;
+
+    /// Opens (or prepares) a connection with the client settings `config`.
+    fn connect(
+        &self,
+        config: crate::ClientConfig,
+    ) -> BoxFuture<'_, Result<Arc<dyn crate::Connection>, crate::ConnectError>>;
+}
+
+/// A [`Connector`] inside a [`Transport`]. Two are equal when they are the same connector.
+#[derive(Clone)]
+pub struct CustomTransport(pub Arc<dyn Connector>);
+
+impl fmt::Debug for CustomTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CustomTransport({})", self.0.describe())
+    }
+}
+
+impl PartialEq for CustomTransport {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for CustomTransport {}
+
+impl<C: Connector> From<C> for CustomTransport {
+    fn from(connector: C) -> Self {
+        CustomTransport(Arc::new(connector))
+    }
 }
 
 /// A transport-level failure of a frame stream.
