@@ -295,3 +295,4 @@ impl Bed {
         self.client.actor("counter")
     }
 }
+pub mod aws;

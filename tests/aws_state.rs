@@ -1,0 +1,224 @@
+//! `DynamoDbStateStore` against DynamoDB and S3 (moto_server): the shared conformance suite,
+//! S3 overflow, request counts, and retries of throttled requests.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::aws::{TestStore, new_store, sdk_config, unique};
+use trebuchet::state::{ActorStateStore, State, StateError, conformance};
+use trebuchet_aws::DynamoDbStateStore;
+use trebuchet_aws::state::DynamoDbStoreError;
+
+#[tokio::test]
+async fn passes_the_store_conformance_suite() {
+    // With a bucket: the suite's 3 MB state goes through S3.
+    let store = new_store(true).await.store;
+    conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn small_states_never_touch_s3_and_large_ones_live_there() {
+    let TestStore { store, bucket, .. } = new_store(true).await;
+    let bucket = bucket.unwrap();
+    let s3 = common::aws::s3().await;
+    let bucket_objects = |bucket: String| {
+        let s3 = s3.clone();
+        async move {
+            let listed = s3.list_objects_v2().bucket(bucket).send().await.unwrap();
+            listed
+                .contents()
+                .iter()
+                .filter_map(|object| object.key().map(str::to_owned))
+                .collect::<Vec<_>>()
+        }
+    };
+    store.save("small", vec![7; 1000], 0).await.unwrap();
+    store.save("small", vec![8; 300 * 1024], 1).await.unwrap();
+    assert!(bucket_objects(bucket.clone()).await.is_empty());
+
+    // Large states: one object per actor at a time (a replaced object is deleted).
+    store.save("large", vec![1; 600 * 1024], 0).await.unwrap();
+    store.save("large", vec![2; 700 * 1024], 1).await.unwrap();
+    let objects = bucket_objects(bucket.clone()).await;
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let loaded = store.load("large").await.unwrap().unwrap();
+    assert_eq!((loaded.version, loaded.bytes.len()), (2, 700 * 1024));
+    assert!(loaded.bytes.iter().all(|&b| b == 2));
+
+    // Back under the limit: the state moves into the item and the object goes away.
+    store.save("large", vec![3; 10], 2).await.unwrap();
+    assert!(bucket_objects(bucket.clone()).await.is_empty());
+    assert_eq!(
+        store.load("large").await.unwrap().unwrap().bytes,
+        vec![3; 10]
+    );
+
+    // Deleting a large state deletes its object.
+    store.save("large", vec![4; 500 * 1024], 3).await.unwrap();
+    assert!(store.delete("large").await.unwrap());
+    assert!(bucket_objects(bucket).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_s3_write_leaves_the_item_as_it_was() {
+    // A store whose bucket does not exist: the object write fails before the item is touched.
+    let store = new_store(false).await.store;
+    let store = store.with_overflow(common::aws::s3().await, unique("missing-bucket"));
+    store.save("actor", b"small".to_vec(), 0).await.unwrap();
+    let error = store
+        .save("actor", vec![0; 500 * 1024], 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StateError::Backend(_)), "{error}");
+    assert!(error.to_string().contains("PutObject"), "{error}");
+    let state = store.load("actor").await.unwrap().unwrap();
+    assert_eq!((state.version, state.bytes), (1, b"small".to_vec()));
+}
+
+#[tokio::test]
+async fn a_large_state_without_a_bucket_is_a_clear_error() {
+    let store = new_store(false).await.store;
+    let error = store.save("big", vec![0; 500 * 1024], 0).await.unwrap_err();
+    let StateError::Backend(source) = &error else {
+        panic!("{error}")
+    };
+    assert!(
+        matches!(
+            source.downcast_ref::<DynamoDbStoreError>(),
+            Some(DynamoDbStoreError::TooLargeWithoutBucket { .. })
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("STATE_BUCKET"), "{error}");
+}
+
+#[tokio::test]
+async fn a_missing_table_is_a_typed_error_naming_it() {
+    let config = sdk_config().await;
+    let table = unique("no-such-table");
+    let store = DynamoDbStateStore::from_sdk_config(&config, &table, None);
+    let error = store.load("x").await.unwrap_err();
+    let StateError::Backend(source) = &error else {
+        panic!("{error}")
+    };
+    match source.downcast_ref::<DynamoDbStoreError>() {
+        Some(DynamoDbStoreError::DynamoDb { code, attempts, .. }) => {
+            assert_eq!(code.as_deref(), Some("ResourceNotFoundException"));
+            assert_eq!(*attempts, 1, "a missing table is not retried");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(error.to_string().contains(&table), "{error}");
+}
+
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Count {
+    value: u64,
+}
+
+/// The 1 read + 1 write bound of a stateful call, counted at the DynamoDB client.
+#[tokio::test]
+async fn an_uncontended_update_costs_one_read_and_one_write_and_a_warm_one_a_write() {
+    let TestStore {
+        store, requests, ..
+    } = new_store(false).await;
+    let store: Arc<dyn ActorStateStore> = Arc::new(store);
+    let instance_a = State::<Count>::new(Arc::clone(&store), "counter");
+
+    let before = requests.counts();
+    instance_a
+        .update(|count| {
+            count.value += 1;
+            Ok::<_, trebuchet::RemoteError>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        requests.since(before),
+        (1, 1, 0),
+        "cold: one read, one write"
+    );
+
+    let before = requests.counts();
+    for _ in 0..5 {
+        instance_a
+            .update(|count| {
+                count.value += 1;
+                Ok::<_, trebuchet::RemoteError>(())
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        requests.since(before),
+        (0, 5, 0),
+        "warm: one write per update"
+    );
+
+    // Another instance writes; the first one's cached version is stale now.
+    let instance_b = State::<Count>::new(Arc::clone(&store), "counter");
+    instance_b
+        .update(|count| {
+            count.value += 10;
+            Ok::<_, trebuchet::RemoteError>(())
+        })
+        .await
+        .unwrap();
+    // A read on any instance after a write on any other sees it.
+    assert_eq!(instance_a.get().await.unwrap().value, 16);
+
+    // A stale update: the conditional write fails, the state is reloaded, the change re-run.
+    let instance_c = State::<Count>::new(Arc::clone(&store), "counter");
+    instance_c.get().await.unwrap();
+    instance_b
+        .update(|count| {
+            count.value += 1;
+            Ok::<_, trebuchet::RemoteError>(())
+        })
+        .await
+        .unwrap();
+    let before = requests.counts();
+    instance_c
+        .update(|count| {
+            count.value += 1;
+            Ok::<_, trebuchet::RemoteError>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        requests.since(before),
+        (1, 2, 0),
+        "conflict: write, reload, write"
+    );
+    assert_eq!(instance_a.get().await.unwrap().value, 18);
+}
+
+/// Many instances (as many Lambda instances would) updating one actor through one table lose
+/// no update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_instances_lose_no_update() {
+    let store = new_store(false).await.store;
+    let store: Arc<dyn ActorStateStore> = Arc::new(store);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let state = State::<Count>::new(Arc::clone(&store), "shared").with_max_attempts(64);
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    state
+                        .update(|count| {
+                            count.value += 1;
+                            Ok::<_, trebuchet::RemoteError>(())
+                        })
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let state = State::<Count>::new(store, "shared");
+    assert_eq!(state.get().await.unwrap().value, 16 * 25);
+}
