@@ -222,3 +222,56 @@ async fn sixteen_instances_lose_no_update() {
     let state = State::<Count>::new(store, "shared");
     assert_eq!(state.get().await.unwrap().value, 16 * 25);
 }
+
+/// Throttled requests are retried with backoff; the third attempt's answer is used.
+#[tokio::test]
+async fn throttled_requests_are_retried() {
+    use common::fault::{Canned, FaultEndpoint};
+    let throttled = Canned::new(
+        400,
+        r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"slow down"}"#,
+    )
+    .header("content-type", "application/x-amz-json-1.0")
+    .header("x-amzn-errortype", "ProvisionedThroughputExceededException");
+    let found = Canned::new(200, "{}").header("content-type", "application/x-amz-json-1.0");
+    let endpoint = FaultEndpoint::start(vec![throttled.clone(), throttled.clone(), found]).await;
+    let config = sdk_config().await;
+    let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&config)
+            .endpoint_url(&endpoint.url)
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let store = DynamoDbStateStore::new(dynamodb.clone(), "throttled");
+    assert_eq!(store.load("anyone").await.unwrap(), None);
+    assert_eq!(
+        endpoint.received().len(),
+        3,
+        "two throttled attempts, then the answer"
+    );
+
+    // Throttled on every attempt: a typed error saying so, after the policy's attempts.
+    let endpoint = FaultEndpoint::start(vec![throttled]).await;
+    let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&config)
+            .endpoint_url(&endpoint.url)
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let store = DynamoDbStateStore::new(dynamodb, "throttled");
+    let error = store.load("anyone").await.unwrap_err();
+    let StateError::Backend(source) = &error else {
+        panic!("{error}")
+    };
+    match source.downcast_ref::<DynamoDbStoreError>() {
+        Some(DynamoDbStoreError::DynamoDb { code, attempts, .. }) => {
+            assert_eq!(
+                code.as_deref(),
+                Some("ProvisionedThroughputExceededException")
+            );
+            assert_eq!(*attempts, 5);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(endpoint.received().len(), 5);
+}

@@ -296,3 +296,4 @@ impl Bed {
     }
 }
 pub mod aws;
+pub mod fault;
