@@ -13,71 +13,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use trebuchet::state::{ActorStateStore, MemoryStateStore, RedbStateStore, State};
-use trebuchet::{ActorStream, ActorSystem, RemoteError, Transport, distributed_actor};
+use trebuchet::state::{ActorStateStore, MemoryStateStore, RedbStateStore};
+use trebuchet::{ActorSystem, Transport};
 
-/// What can go wrong when counting.
-#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
-pub enum CounterError {
-    /// The counter would pass `u64::MAX`.
-    #[error("the counter would overflow")]
-    Overflow,
-    /// The call itself failed (connection lost, timeout, …).
-    #[error(transparent)]
-    Remote(#[from] RemoteError),
-}
-
-/// A counter shared by all its callers.
-#[distributed_actor]
-pub trait Counter {
-    /// Adds `by` and returns the new value.
-    async fn increment(&self, by: u64) -> Result<u64, CounterError>;
-    /// The current value.
-    async fn get(&self) -> Result<u64, CounterError>;
-    /// The value after each change, from now on (a slow reader skips to the latest).
-    #[stream]
-    async fn observe(&self) -> Result<ActorStream<u64>, CounterError>;
-}
-
-/// The counter's persistent state.
-#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
-struct CounterState {
-    value: u64,
-}
-
-/// The actor: a plain struct whose state lives in a store.
-struct PersistentCounter {
-    state: State<CounterState>,
-}
-
-impl PersistentCounter {
-    fn new(store: Arc<dyn ActorStateStore>) -> Self {
-        PersistentCounter {
-            state: State::new(store, "counter"),
-        }
-    }
-}
-
-impl Counter for PersistentCounter {
-    async fn increment(&self, by: u64) -> Result<u64, CounterError> {
-        self.state
-            .update(|state| {
-                state.value = state.value.checked_add(by).ok_or(CounterError::Overflow)?;
-                Ok(state.value)
-            })
-            .await
-    }
-
-    async fn get(&self) -> Result<u64, CounterError> {
-        Ok(self.state.get().await?.value)
-    }
-
-    async fn observe(&self) -> Result<ActorStream<u64>, CounterError> {
-        Ok(ActorStream::new(
-            self.state.changes().map(|state| state.value),
-        ))
-    }
-}
+#[path = "shared/counter_actor.rs"]
+mod counter_actor;
+use counter_actor::{Counter, CounterClient, CounterError, PersistentCounter};
 
 /// The persistent store: the default state file, or `TREBUCHET_STATE_FILE`.
 fn open_store() -> anyhow::Result<Arc<dyn ActorStateStore>> {

@@ -60,10 +60,22 @@ impl CloudLambdaContext {
     fn from_runtime(context: &lambda_runtime::Context, cold_start: bool) -> Self {
         CloudLambdaContext {
             request_id: context.request_id.clone(),
-            deadline: UNIX_EPOCH + Duration::from_millis(context.deadline),
+            deadline: deadline_from_millis(context.deadline, SystemTime::now()),
             function_arn: context.invoked_function_arn.clone(),
             cold_start,
         }
+    }
+}
+
+/// Lambda gives the deadline in milliseconds since the Unix epoch. A value before 2001 cannot be
+/// one: some local emulators (cargo-lambda) send the time limit instead, so such a value is read
+/// as milliseconds from `now`.
+fn deadline_from_millis(millis: u64, now: SystemTime) -> SystemTime {
+    const EPOCH_MILLIS_2001: u64 = 978_307_200_000;
+    if millis < EPOCH_MILLIS_2001 {
+        now + Duration::from_millis(millis)
+    } else {
+        UNIX_EPOCH + Duration::from_millis(millis)
     }
 }
 
@@ -405,4 +417,43 @@ fn http_error(error: &RemoteError) -> ApiGatewayV2httpResponse {
 fn raw_json(text: String) -> Box<RawValue> {
     RawValue::from_string(text)
         .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("`null` is JSON"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_are_epoch_millis_or_a_time_limit() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(
+            deadline_from_millis(1_800_000_003_000, now),
+            now + Duration::from_secs(3)
+        );
+        assert_eq!(
+            deadline_from_millis(600_000, now),
+            now + Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn error_codes_map_to_http_statuses() {
+        let pairs = [
+            (ErrorCode::BadRequest, 400),
+            (ErrorCode::Unauthenticated, 401),
+            (ErrorCode::Forbidden, 403),
+            (ErrorCode::UnknownActor, 404),
+            (ErrorCode::UnknownMethod, 404),
+            (ErrorCode::Conflict, 409),
+            (ErrorCode::PayloadTooLarge, 413),
+            (ErrorCode::ActorError, 422),
+            (ErrorCode::RateLimited, 429),
+            (ErrorCode::Internal, 500),
+            (ErrorCode::Unavailable, 503),
+            (ErrorCode::Timeout, 504),
+        ];
+        for (code, status) in pairs {
+            assert_eq!(http_status(code), status, "{code}");
+        }
+    }
 }

@@ -1,0 +1,73 @@
+//! The counter actor shared by the examples: `counter.rs` serves it over WebSocket with its
+//! state in a local file, `lambda_counter.rs` runs the very same code as a Lambda function with
+//! its state in DynamoDB.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use trebuchet::state::{ActorStateStore, State};
+use trebuchet::{ActorStream, RemoteError, distributed_actor};
+
+/// What can go wrong when counting.
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum CounterError {
+    /// The counter would pass `u64::MAX`.
+    #[error("the counter would overflow")]
+    Overflow,
+    /// The call itself failed (connection lost, timeout, …).
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+/// A counter shared by all its callers.
+#[distributed_actor]
+pub trait Counter {
+    /// Adds `by` and returns the new value.
+    async fn increment(&self, by: u64) -> Result<u64, CounterError>;
+    /// The current value.
+    async fn get(&self) -> Result<u64, CounterError>;
+    /// The value after each change, from now on (a slow reader skips to the latest).
+    #[stream]
+    async fn observe(&self) -> Result<ActorStream<u64>, CounterError>;
+}
+
+/// The counter's persistent state.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+struct CounterState {
+    value: u64,
+}
+
+/// The actor: a plain struct whose state lives in a store.
+pub struct PersistentCounter {
+    state: State<CounterState>,
+}
+
+impl PersistentCounter {
+    pub fn new(store: Arc<dyn ActorStateStore>) -> Self {
+        PersistentCounter {
+            state: State::new(store, "counter"),
+        }
+    }
+}
+
+impl Counter for PersistentCounter {
+    async fn increment(&self, by: u64) -> Result<u64, CounterError> {
+        self.state
+            .update(|state| {
+                state.value = state.value.checked_add(by).ok_or(CounterError::Overflow)?;
+                Ok(state.value)
+            })
+            .await
+    }
+
+    async fn get(&self) -> Result<u64, CounterError> {
+        Ok(self.state.get().await?.value)
+    }
+
+    async fn observe(&self) -> Result<ActorStream<u64>, CounterError> {
+        Ok(ActorStream::new(
+            self.state.changes().map(|state| state.value),
+        ))
+    }
+}
