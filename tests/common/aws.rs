@@ -24,6 +24,23 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
     trebuchet_aws::config::sdk_config(None).await
 }
 
+/// The function of `src/bin/lambda_test_actors.rs` as `cargo lambda watch` serves it.
+pub const TEST_ACTORS_FUNCTION: &str = "lambda_test_actors";
+
+/// A Lambda transport to the test actors' function (the endpoint is `AWS_ENDPOINT_URL_LAMBDA`).
+pub async fn test_actors_transport() -> trebuchet_aws::LambdaTransport {
+    if std::env::var("AWS_ENDPOINT_URL_LAMBDA").is_err() {
+        panic!(
+            "AWS_ENDPOINT_URL_LAMBDA is not set: the Lambda tests need `cargo lambda watch`. Run \
+             them with scripts/test.sh, which starts it (scripts/dev-env.sh)"
+        );
+    }
+    trebuchet_aws::LambdaTransport::function(TEST_ACTORS_FUNCTION)
+        .sdk_config(sdk_config().await)
+        .build()
+        .unwrap()
+}
+
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:012x}", fastrand::u64(..) >> 16)

@@ -26,7 +26,12 @@ pub struct ActorSystem {
 #[derive(Default)]
 struct SystemInner {
     actors: RwLock<HashMap<String, Arc<dyn ServedActor>>>,
+    /// Families exposed with `expose_family`: id prefix → maker of the family's actors.
+    families: RwLock<Vec<(String, ActorMaker)>>,
 }
+
+/// Makes the actor of a family for an id.
+type ActorMaker = Arc<dyn Fn(&str) -> Arc<dyn ServedActor> + Send + Sync>;
 
 /// An actor could not be exposed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,46 @@ impl ActorSystem {
         Ok(())
     }
 
+    /// Exposes a family of actors: every id that starts with `prefix` names an actor of the
+    /// family, made by `make(id)` on the first call to that id (and kept from then on). This is
+    /// how one function or server serves one actor per user, game or device, each with its own
+    /// state (`State::new(store, id)`), without exposing them one by one:
+    ///
+    /// ```
+    /// # use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    /// # use trebuchet::{ActorSystem, RemoteError, distributed_actor};
+    /// #[distributed_actor]
+    /// pub trait Counter {
+    ///     async fn increment(&self, by: u64) -> Result<u64, RemoteError>;
+    /// }
+    /// # #[derive(Default)] struct MyCounter(AtomicU64);
+    /// # impl Counter for MyCounter {
+    /// #     async fn increment(&self, by: u64) -> Result<u64, RemoteError> { Ok(self.0.fetch_add(by, SeqCst) + by) }
+    /// # }
+    /// let system = ActorSystem::new();
+    /// system.expose_family("counter-", |_id| MyCounter::default().into_actor());
+    /// // "counter-1", "counter-alice", … are all counters, each its own actor.
+    /// ```
+    ///
+    /// An id exposed with [`expose`](Self::expose) wins over a family; of two families, the longer
+    /// prefix wins.
+    pub fn expose_family<P, A, F>(&self, prefix: impl Into<String>, make: F)
+    where
+        P: Dispatch<A>,
+        A: Send + Sync + 'static,
+        F: Fn(&str) -> Actor<P, A> + Send + Sync + 'static,
+    {
+        let maker: ActorMaker =
+            Arc::new(move |id: &str| Arc::new(LocalActor::<P>::new(make(id).into_inner())));
+        let mut families = self
+            .inner
+            .families
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        families.push((prefix.into(), maker));
+        families.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+    }
+
     /// Stops exposing `id`. Calls already made still run; the actor is dropped when the last
     /// in-process reference to it is gone. Returns whether an actor was exposed as `id`.
     pub fn remove(&self, id: &str) -> bool {
@@ -79,8 +124,30 @@ impl ActorSystem {
     }
 
     pub(crate) fn lookup(&self, id: &str) -> Option<Arc<dyn ServedActor>> {
-        let actors = self.inner.actors.read().unwrap_or_else(|e| e.into_inner());
-        actors.get(id).cloned()
+        {
+            let actors = self.inner.actors.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(actor) = actors.get(id) {
+                return Some(Arc::clone(actor));
+            }
+        }
+        let maker = {
+            let families = self
+                .inner
+                .families
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            families
+                .iter()
+                .find(|(prefix, _)| id.starts_with(prefix.as_str()))
+                .map(|(_, maker)| Arc::clone(maker))?
+        };
+        let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
+        // Another call may have made it meanwhile: one actor per id.
+        let actor = actors.entry(id.to_owned()).or_insert_with(|| {
+            tracing::debug!(actor_id = %id, "activated an actor of a family");
+            maker(id)
+        });
+        Some(Arc::clone(actor))
     }
 
     /// The exposed actors as a tower `Service`, to run behind middleware layers and a server.

@@ -1,0 +1,80 @@
+//! The integration tests' actors as a Lambda function: `tests/lambda.rs` runs the shared
+//! transport suite against it under `cargo lambda watch`. (To see how to write a function, read
+//! `lambda_counter.rs`; this one only serves the tests.)
+//!
+//! * `probe`, `slow`: the suite's `Probe` actors (in memory);
+//! * `counter…`: a family of counters, one per id, each with its state in DynamoDB
+//!   (`STATE_TABLE`), so every test gets a counter of its own;
+//! * `inspect`: reports the `CloudLambdaContext` of the invocation.
+
+use std::sync::Arc;
+
+use trebuchet::middleware::Gateway;
+use trebuchet::state::{ActorStateStore, State};
+use trebuchet::{ActorSystem, RemoteError};
+use trebuchet_aws::{CloudLambdaContext, DynamoDbStateStore};
+
+#[allow(dead_code)]
+#[path = "../../tests/common/actors.rs"]
+mod actors;
+use actors::{Counter, CounterError, Inspect, InvocationInfo, Probe, ProbeActor};
+
+/// A counter whose value is kept in the state store under its own actor id.
+struct StoredCounter {
+    value: State<u64>,
+}
+
+impl Counter for StoredCounter {
+    async fn increment(&self, by: u64) -> Result<u64, CounterError> {
+        self.value
+            .update(|value| {
+                *value = value.checked_add(by).ok_or(CounterError::Overflow)?;
+                Ok(*value)
+            })
+            .await
+    }
+
+    async fn get(&self) -> Result<u64, CounterError> {
+        Ok(self.value.get().await?)
+    }
+}
+
+struct Inspector;
+
+impl Inspect for Inspector {
+    async fn invocation(&self) -> Result<Option<InvocationInfo>, RemoteError> {
+        Ok(CloudLambdaContext::current().map(|context| InvocationInfo {
+            remaining_ms: context.remaining().as_millis() as u64,
+            request_id: context.request_id,
+            function_arn: context.function_arn,
+            cold_start: context.cold_start,
+        }))
+    }
+
+    async fn touch(&self, note: String) -> Result<(), RemoteError> {
+        tracing::info!(%note, "touched");
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .without_time()
+        .init();
+    let store: Arc<dyn ActorStateStore> = Arc::new(DynamoDbStateStore::from_env().await?);
+    let system = ActorSystem::new();
+    system.expose("probe", ProbeActor::default().into_actor())?;
+    system.expose("slow", ProbeActor::default().into_actor())?;
+    system.expose("inspect", Inspector.into_actor())?;
+    system.expose_family("counter", move |id| {
+        StoredCounter {
+            value: State::new(Arc::clone(&store), id),
+        }
+        .into_actor()
+    });
+    trebuchet_aws::lambda::serve(Gateway::new(system)).await
+}
