@@ -186,6 +186,16 @@ pub enum CounterError {
     Remote(#[from] RemoteError),
 }
 
+impl CounterError {
+    /// The remote error code, if this is a transport/framework failure.
+    pub fn code(&self) -> Option<trebuchet::ErrorCode> {
+        match self {
+            CounterError::Remote(error) => Some(error.code),
+            CounterError::Overflow => None,
+        }
+    }
+}
+
 #[distributed_actor]
 pub trait Counter {
     async fn increment(&self, by: u64) -> Result<u64, CounterError>;
