@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): every test, against real servers.
 #
+#   0. installs what is missing and starts the local AWS emulators (scripts/dev-env.sh:
+#      moto_server for DynamoDB and S3, cargo-lambda for the Lambda runtime and Invoke API);
+#      they are stopped on exit, also when a test fails;
 #   1. the Python client written only from docs/PROTOCOL.md, against `examples/counter.rs serve`;
 #   2. the documentation examples (`cargo test --doc`);
-#   3. everything else with cargo-nextest: unit, integration (transport suite, WebSocket
-#      robustness), compile-fail (trybuild) and property tests.
+#   3. everything else with cargo-nextest: unit, integration (transport suite over every
+#      transport, Lambda included; WebSocket robustness; DynamoDB state), compile-fail (trybuild)
+#      and property tests;
+#   4. the README's Lambda client command, against the counter function.
 #
 # Extra arguments go to cargo nextest, e.g. `scripts/test.sh -E 'test(reconnect)'`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/dev-env.sh
+ensure_tools
 
 profile=default
 if [ "${CI:-}" = "true" ]; then profile=ci; fi
@@ -21,7 +27,7 @@ cleanup() {
         wait "$server_pid" 2>/dev/null || true
     fi
 }
-trap cleanup EXIT
+trap 'cleanup; stop_emulators' EXIT
 
 echo "==> protocol client (Python, from docs/PROTOCOL.md) against the counter example"
 cargo build --quiet --example counter
@@ -52,8 +58,14 @@ fi
 echo "ok: the second run started at $again"
 rm -rf "$state_dir"
 
+echo "==> local AWS emulators"
+start_emulators
+
 echo "==> documentation examples"
 cargo test --quiet --workspace --doc
 
 echo "==> cargo nextest"
 cargo nextest run --workspace --profile "$profile" "$@"
+
+echo "==> the README's Lambda client, against the counter function under cargo-lambda"
+cargo run --quiet --bin lambda_counter -- call lambda_counter
