@@ -91,10 +91,18 @@ start_emulators() {
     (cd "$dev_env_root" && cargo run --quiet --bin lambda_counter -- create-table >/dev/null)
 
     lambda_port=$(free_port)
+    # Two instances per function, as Lambda would run under load: their writes to one actor's
+    # state race, and the conditional writes must sort them out.
     (cd "$dev_env_root" && exec setsid cargo lambda watch -A 127.0.0.1 -P "$lambda_port" \
-        </dev/null >"$logs/lambda.log" 2>&1) &
+        --concurrency 2 </dev/null >"$logs/lambda.log" 2>&1) &
     lambda_pid=$!
     wait_for lambda "http://127.0.0.1:$lambda_port/" 120
+    # (cargo lambda watch exits quietly when its port is taken: make sure it is still ours.)
+    if ! kill -0 "$lambda_pid" 2>/dev/null; then
+        echo "dev-env: cargo lambda watch stopped; its log:" >&2
+        tail -n 30 "$logs/lambda.log" >&2
+        return 1
+    fi
     export AWS_ENDPOINT_URL_LAMBDA="http://127.0.0.1:$lambda_port"
     echo "dev-env: moto_server at $AWS_ENDPOINT_URL, cargo lambda watch at $AWS_ENDPOINT_URL_LAMBDA"
 }

@@ -194,17 +194,17 @@ async fn an_uncontended_update_costs_one_read_and_one_write_and_a_warm_one_a_wri
     assert_eq!(instance_a.get().await.unwrap().value, 18);
 }
 
-/// Many instances (as many Lambda instances would) updating one actor through one table lose
-/// no update.
+/// Several instances (as several Lambda instances would) updating one actor flat out through one
+/// table lose no update.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixteen_instances_lose_no_update() {
+async fn four_instances_racing_lose_no_update() {
     let store = new_store(false).await.store;
     let store: Arc<dyn ActorStateStore> = Arc::new(store);
-    let tasks: Vec<_> = (0..16)
+    let tasks: Vec<_> = (0..4)
         .map(|_| {
-            let state = State::<Count>::new(Arc::clone(&store), "shared").with_max_attempts(64);
+            let state = State::<Count>::new(Arc::clone(&store), "shared").with_max_attempts(100);
             tokio::spawn(async move {
-                for _ in 0..25 {
+                for _ in 0..100 {
                     state
                         .update(|count| {
                             count.value += 1;
@@ -220,7 +220,7 @@ async fn sixteen_instances_lose_no_update() {
         task.await.unwrap();
     }
     let state = State::<Count>::new(store, "shared");
-    assert_eq!(state.get().await.unwrap().value, 16 * 25);
+    assert_eq!(state.get().await.unwrap().value, 400);
 }
 
 /// Throttled requests are retried with backoff; the third attempt's answer is used.

@@ -14,7 +14,6 @@ use trebuchet::state::{ActorStateStore, State};
 use trebuchet::{ActorSystem, RemoteError};
 use trebuchet_aws::{CloudLambdaContext, DynamoDbStateStore};
 
-#[allow(dead_code)]
 #[path = "../../tests/common/actors.rs"]
 mod actors;
 use actors::{Counter, CounterError, Inspect, InvocationInfo, Probe, ProbeActor};
@@ -72,7 +71,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     system.expose("inspect", Inspector.into_actor())?;
     system.expose_family("counter", move |id| {
         StoredCounter {
-            value: State::new(Arc::clone(&store), id),
+            // Several instances race for one counter in the tests: plenty of attempts.
+            value: State::new(Arc::clone(&store), id).with_max_attempts(100),
         }
         .into_actor()
     });

@@ -86,7 +86,7 @@ where
             store,
             actor_id: actor_id.into(),
             encoding: Encoding::Json,
-            max_attempts: 8,
+            max_attempts: 32,
             cache: Mutex::new(None),
             committed: watch::Sender::new(None),
         }
@@ -99,7 +99,11 @@ where
         self
     }
 
-    /// How many times an update is tried when other writers keep winning (default 8).
+    /// How many times an update is tried when other writers keep winning (default 32). Each
+    /// writer that loses waits a random 0–64 ms (less after its first losses) before trying
+    /// again, so with *k* instances writing one actor flat out, an update still fails after all
+    /// its attempts with a chance of about ((k−1)/k)^attempts: raise it for actors that many
+    /// instances write at once.
     pub fn with_max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
         self
@@ -158,7 +162,7 @@ where
                 Err(StateError::Conflict { .. }) if attempt < self.max_attempts => {
                     tracing::debug!(actor_id = %self.actor_id, attempt, "state conflict; reloading");
                     // Spread retries of competing writers a little.
-                    let pause = Duration::from_millis(fastrand::u64(0..=(2 << attempt.min(6))));
+                    let pause = Duration::from_millis(fastrand::u64(0..=(1 << attempt.min(6))));
                     tokio::time::sleep(pause).await;
                     current = self.load().await?;
                 }
