@@ -100,7 +100,7 @@ async fn demo() -> anyhow::Result<()> {
         "websocket: get() -> {} (kept from earlier runs)",
         counter.get().await?
     );
-    let mut changes = counter.observe().await?;
+    let mut changes = counter.observe_state().await?;
     println!("websocket: increment(5) -> {}", counter.increment(5).await?);
 
     let calls = (0..10).map(|_| counter.increment(1));
@@ -114,8 +114,8 @@ async fn demo() -> anyhow::Result<()> {
         other => anyhow::bail!("expected the typed Overflow error, got {other:?}"),
     }
 
-    let first = changes.next().await.transpose()?;
-    println!("websocket: observe() saw {first:?} first, after the first increment");
+    let first = changes.next().await.transpose()?.map(|state| state.value);
+    println!("websocket: observe_state() saw {first:?} first, after the first increment");
     drop(changes);
 
     let local = system.connect(Transport::Local).await?;

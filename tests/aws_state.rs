@@ -117,6 +117,17 @@ struct Count {
     value: u64,
 }
 
+/// Adds `n` to the count through `state`.
+async fn add(state: &State<Count>, n: u64) {
+    state
+        .update(|count| {
+            count.value += n;
+            Ok::<_, trebuchet::RemoteError>(())
+        })
+        .await
+        .unwrap();
+}
+
 /// The 1 read + 1 write bound of a stateful call, counted at the DynamoDB client.
 #[tokio::test]
 async fn an_uncontended_update_costs_one_read_and_one_write_and_a_warm_one_a_write() {
@@ -127,13 +138,7 @@ async fn an_uncontended_update_costs_one_read_and_one_write_and_a_warm_one_a_wri
     let instance_a = State::<Count>::new(Arc::clone(&store), "counter");
 
     let before = requests.counts();
-    instance_a
-        .update(|count| {
-            count.value += 1;
-            Ok::<_, trebuchet::RemoteError>(())
-        })
-        .await
-        .unwrap();
+    add(&instance_a, 1).await;
     assert_eq!(
         requests.since(before),
         (1, 1, 0),
@@ -142,13 +147,7 @@ async fn an_uncontended_update_costs_one_read_and_one_write_and_a_warm_one_a_wri
 
     let before = requests.counts();
     for _ in 0..5 {
-        instance_a
-            .update(|count| {
-                count.value += 1;
-                Ok::<_, trebuchet::RemoteError>(())
-            })
-            .await
-            .unwrap();
+        add(&instance_a, 1).await;
     }
     assert_eq!(
         requests.since(before),
@@ -158,34 +157,16 @@ async fn an_uncontended_update_costs_one_read_and_one_write_and_a_warm_one_a_wri
 
     // Another instance writes; the first one's cached version is stale now.
     let instance_b = State::<Count>::new(Arc::clone(&store), "counter");
-    instance_b
-        .update(|count| {
-            count.value += 10;
-            Ok::<_, trebuchet::RemoteError>(())
-        })
-        .await
-        .unwrap();
+    add(&instance_b, 10).await;
     // A read on any instance after a write on any other sees it.
     assert_eq!(instance_a.get().await.unwrap().value, 16);
 
     // A stale update: the conditional write fails, the state is reloaded, the change re-run.
     let instance_c = State::<Count>::new(Arc::clone(&store), "counter");
     instance_c.get().await.unwrap();
-    instance_b
-        .update(|count| {
-            count.value += 1;
-            Ok::<_, trebuchet::RemoteError>(())
-        })
-        .await
-        .unwrap();
+    add(&instance_b, 1).await;
     let before = requests.counts();
-    instance_c
-        .update(|count| {
-            count.value += 1;
-            Ok::<_, trebuchet::RemoteError>(())
-        })
-        .await
-        .unwrap();
+    add(&instance_c, 1).await;
     assert_eq!(
         requests.since(before),
         (1, 2, 0),
@@ -205,13 +186,7 @@ async fn four_instances_racing_lose_no_update() {
             let state = State::<Count>::new(Arc::clone(&store), "shared").with_max_attempts(100);
             tokio::spawn(async move {
                 for _ in 0..100 {
-                    state
-                        .update(|count| {
-                            count.value += 1;
-                            Ok::<_, trebuchet::RemoteError>(())
-                        })
-                        .await
-                        .unwrap();
+                    add(&state, 1).await;
                 }
             })
         })

@@ -54,9 +54,13 @@ async fn actors_see_their_lambda_context() {
     // (Lambda gives the invoked ARN; cargo-lambda a placeholder.)
     assert!(!info.function_arn.is_empty(), "{info:?}");
     assert!(info.remaining_ms > 0, "{info:?}");
-    let again = inspect.invocation().await.unwrap().unwrap();
-    assert_ne!(again.request_id, info.request_id);
-    assert!(!again.cold_start, "the second call of an instance is warm");
+    // Three calls over (at most) two instances: some instance serves two, and its second is warm.
+    let mut infos = vec![info];
+    for _ in 0..2 {
+        infos.push(inspect.invocation().await.unwrap().unwrap());
+    }
+    assert!(infos.iter().any(|info| !info.cold_start), "{infos:?}");
+    assert_ne!(infos[0].request_id, infos[1].request_id);
 }
 
 #[tokio::test]

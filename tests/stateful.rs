@@ -11,7 +11,7 @@ use trebuchet::state::{ActorStateStore, MemoryStateStore, RedbStateStore, State,
 use trebuchet::{ActorSystem, Encoding, ErrorCode, Transport};
 
 #[derive(Clone, Default, Serialize, Deserialize)]
-struct CounterState {
+pub struct CounterState {
     value: u64,
 }
 
@@ -200,4 +200,117 @@ async fn committed_states_can_be_observed() {
     changes.changed().await.unwrap();
     let seen = changes.borrow_and_update().clone().unwrap();
     assert_eq!((seen.version, seen.value.value), (1, 3));
+}
+
+/// A stateful actor declared with `state = T`: its stub's generated `observe_state` streams the
+/// committed states to remote callers.
+mod observed {
+    use super::*;
+    use futures_util::StreamExt;
+    use trebuchet::RemoteError;
+    use trebuchet::state::StatefulActor;
+
+    #[trebuchet::distributed_actor(state = CounterState)]
+    pub trait Tally {
+        async fn add(&self, by: u64) -> Result<u64, RemoteError>;
+    }
+
+    struct StoredTally {
+        state: State<CounterState>,
+    }
+
+    impl StatefulActor for StoredTally {
+        type State = CounterState;
+        fn state(&self) -> &State<CounterState> {
+            &self.state
+        }
+    }
+
+    impl Tally for StoredTally {
+        async fn add(&self, by: u64) -> Result<u64, RemoteError> {
+            self.state
+                .update(|state| {
+                    state.value += by;
+                    Ok(state.value)
+                })
+                .await
+        }
+    }
+
+    #[tokio::test]
+    async fn observe_state_streams_each_commit_over_websocket_and_tcp() {
+        let store: Arc<dyn ActorStateStore> = Arc::new(MemoryStateStore::new());
+        let system = ActorSystem::new();
+        system
+            .expose(
+                "tally",
+                StoredTally {
+                    state: State::new(store, "tally"),
+                }
+                .into_actor(),
+            )
+            .unwrap();
+        let websocket = system
+            .serve_websocket("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let tcp = system
+            .serve_tcp("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        for transport in [
+            Transport::WebSocket(websocket.url().to_owned()),
+            Transport::Tcp(tcp.local_addr().to_string()),
+        ] {
+            let client = system.connect(transport).await.unwrap();
+            let tally: TallyClient = client.actor("tally");
+            let mut states = tally.observe_state().await.unwrap();
+            let start = tally.add(1).await.unwrap();
+            assert_eq!(states.next().await.unwrap().unwrap().value, start);
+            tally.add(2).await.unwrap();
+            assert_eq!(states.next().await.unwrap().unwrap().value, start + 2);
+        }
+    }
+}
+
+/// `expose_family`: one actor per id, made on its first call, each with its own state.
+#[tokio::test]
+async fn a_family_serves_one_actor_per_id() {
+    let store: Arc<dyn ActorStateStore> = Arc::new(MemoryStateStore::new());
+    let system = ActorSystem::new();
+    let family_store = Arc::clone(&store);
+    system.expose_family("counter-", move |id| {
+        StoredCounter::new(Arc::clone(&family_store), id).into_actor()
+    });
+    // An id exposed on its own wins over the family.
+    system
+        .expose(
+            "counter-special",
+            StoredCounter::new(Arc::clone(&store), "elsewhere").into_actor(),
+        )
+        .unwrap();
+    let server = system
+        .serve_websocket("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let client = system
+        .connect(Transport::WebSocket(server.url().to_owned()))
+        .await
+        .unwrap();
+    let a: CounterClient = client.actor("counter-a");
+    let b: CounterClient = client.actor("counter-b");
+    a.increment(2).await.unwrap();
+    a.increment(3).await.unwrap();
+    b.increment(10).await.unwrap();
+    assert_eq!((a.get().await.unwrap(), b.get().await.unwrap()), (5, 10));
+    let special: CounterClient = client.actor("counter-special");
+    special.increment(7).await.unwrap();
+    assert!(store.load("elsewhere").await.unwrap().is_some());
+    assert!(store.load("counter-special").await.unwrap().is_none());
+    let outsider: CounterClient = client.actor("gauge-1");
+    let error = outsider.get().await.unwrap_err();
+    assert!(
+        matches!(error, CounterError::Remote(ref e) if e.code == ErrorCode::UnknownActor),
+        "{error}"
+    );
 }

@@ -5,9 +5,8 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use trebuchet::state::{ActorStateStore, State};
-use trebuchet::{ActorStream, RemoteError, distributed_actor};
+use trebuchet::state::{ActorStateStore, State, StatefulActor};
+use trebuchet::{RemoteError, distributed_actor};
 
 /// What can go wrong when counting.
 #[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -20,22 +19,21 @@ pub enum CounterError {
     Remote(#[from] RemoteError),
 }
 
-/// A counter shared by all its callers.
-#[distributed_actor]
+/// A counter shared by all its callers. `state = CounterState` makes it a stateful actor: its
+/// stub also has `observe_state()`, the stream of each state the counter commits.
+#[distributed_actor(state = CounterState)]
 pub trait Counter {
     /// Adds `by` and returns the new value.
     async fn increment(&self, by: u64) -> Result<u64, CounterError>;
     /// The current value.
     async fn get(&self) -> Result<u64, CounterError>;
-    /// The value after each change, from now on (a slow reader skips to the latest).
-    #[stream]
-    async fn observe(&self) -> Result<ActorStream<u64>, CounterError>;
 }
 
 /// The counter's persistent state.
-#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
-struct CounterState {
-    value: u64,
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct CounterState {
+    /// The count.
+    pub value: u64,
 }
 
 /// The actor: a plain struct whose state lives in a store.
@@ -64,10 +62,13 @@ impl Counter for PersistentCounter {
     async fn get(&self) -> Result<u64, CounterError> {
         Ok(self.state.get().await?.value)
     }
+}
 
-    async fn observe(&self) -> Result<ActorStream<u64>, CounterError> {
-        Ok(ActorStream::new(
-            self.state.changes().map(|state| state.value),
-        ))
+/// Gives the generated `observe_state` the actor's state handle.
+impl StatefulActor for PersistentCounter {
+    type State = CounterState;
+
+    fn state(&self) -> &State<CounterState> {
+        &self.state
     }
 }

@@ -21,13 +21,21 @@ mod expand;
 /// A method marked `#[stream]` returns `Result<trebuchet::ActorStream<T>, E>` instead: the caller
 /// gets the stream of items.
 ///
+/// `#[distributed_actor(state = CounterState)]` declares a stateful actor: the protocol and the
+/// stub gain the stream method `observe_state()`, which yields each state the actor commits
+/// from then on, and the implementation must implement `trebuchet::state::StatefulActor` (give
+/// access to its `State<CounterState>`).
+///
 /// `#[distributed_actor(crate = "path::to::trebuchet")]` changes the path generated code uses
 /// for the core crate (for crates that rename or re-export it).
 #[proc_macro_attribute]
 pub fn distributed_actor(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = ast::Errors::default();
     let options = ast::Options::parse(args.into(), &mut errors);
-    let actor = ast::ActorTrait::parse(item.into(), &mut errors);
+    let mut actor = ast::ActorTrait::parse(item.into(), &mut errors);
+    if let Some(actor) = &mut actor {
+        actor.add_observe_state(&options, &mut errors);
+    }
     if let Some(errors) = errors.into_compile_errors() {
         return errors.into();
     }

@@ -130,6 +130,45 @@ pub trait ActorStateStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<ActorIdPage, StateError>>;
 }
 
+/// An actor with persistent state, as `#[distributed_actor(state = T)]` declares: the generated
+/// stream method `observe_state` yields the commits of the actor's [`State`] handle.
+///
+/// ```
+/// # use std::sync::Arc;
+/// use trebuchet::state::{MemoryStateStore, State, StatefulActor};
+/// use trebuchet::{RemoteError, distributed_actor};
+///
+/// #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+/// pub struct Count { value: u64 }
+///
+/// #[distributed_actor(state = Count)]
+/// pub trait Counter {
+///     async fn increment(&self, by: u64) -> Result<u64, RemoteError>;
+/// }
+///
+/// struct PersistentCounter { state: State<Count> }
+///
+/// impl StatefulActor for PersistentCounter {
+///     type State = Count;
+///     fn state(&self) -> &State<Count> { &self.state }
+/// }
+///
+/// impl Counter for PersistentCounter {
+///     async fn increment(&self, by: u64) -> Result<u64, RemoteError> {
+///         self.state.update(|count| { count.value += by; Ok(count.value) }).await
+///     }
+/// }
+/// // A `CounterClient` now has `observe_state()`: a stream of `Count`.
+/// # let _ = PersistentCounter { state: State::new(Arc::new(MemoryStateStore::new()), "c") }.into_actor();
+/// ```
+pub trait StatefulActor {
+    /// The state (the `T` of `state = T`).
+    type State: Serialize + DeserializeOwned + Clone + Default + Send + Sync + 'static;
+
+    /// The actor's state handle.
+    fn state(&self) -> &State<Self::State>;
+}
+
 /// Encodes an actor's state with `encoding`.
 pub fn encode_state<T: Serialize>(
     actor_id: &str,
