@@ -1,0 +1,181 @@
+//! Pipelined calls on one TCP connection, 64 in flight, 64-byte payloads: calls per second of
+//! Trebuchet against tarpc (bincode over tokio-serde, length-delimited TCP) on an equivalent echo
+//! service, in one run.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tarpc::server::Channel;
+use tarpc::tokio_serde::formats::Bincode;
+use trebuchet::{ActorSystem, ClientConfig, RemoteError, Transport, distributed_actor};
+
+#[path = "support/mod.rs"]
+mod support;
+
+const PAYLOAD: usize = 64;
+const IN_FLIGHT: usize = 64;
+
+#[distributed_actor]
+pub trait Echo {
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError>;
+}
+
+struct EchoActor;
+
+impl Echo for EchoActor {
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError> {
+        Ok(data)
+    }
+}
+
+#[tarpc::service]
+trait EchoService {
+    async fn echo(data: Vec<u8>) -> Vec<u8>;
+}
+
+#[derive(Clone)]
+struct EchoServer;
+
+impl EchoService for EchoServer {
+    async fn echo(self, _: tarpc::context::Context, data: Vec<u8>) -> Vec<u8> {
+        data
+    }
+}
+
+async fn tarpc_client() -> EchoServiceClient {
+    let mut listener = tarpc::serde_transport::tcp::listen("127.0.0.1:0", Bincode::default)
+        .await
+        .unwrap();
+    listener.config_mut().max_frame_length(usize::MAX);
+    let address = listener.local_addr();
+    tokio::spawn(async move {
+        while let Some(Ok(transport)) = listener.next().await {
+            let channel = tarpc::server::BaseChannel::with_defaults(transport);
+            tokio::spawn(
+                channel
+                    .execute(EchoServer.serve())
+                    .for_each(|call| async move {
+                        tokio::spawn(call);
+                    }),
+            );
+        }
+    });
+    let transport = tarpc::serde_transport::tcp::connect(address, Bincode::default)
+        .await
+        .unwrap();
+    EchoServiceClient::new(tarpc::client::Config::default(), transport).spawn()
+}
+
+/// `calls` calls of `call`, `IN_FLIGHT` at a time; returns the time they took.
+async fn pipelined<F, Fut>(calls: u64, call: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let start = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let mut sent = 0;
+    while sent < calls.min(IN_FLIGHT as u64) {
+        in_flight.push(call());
+        sent += 1;
+    }
+    while in_flight.next().await.is_some() {
+        if sent < calls {
+            in_flight.push(call());
+            sent += 1;
+        }
+    }
+    start.elapsed()
+}
+
+fn tcp_pipelined(c: &mut Criterion) {
+    let rt = support::runtime();
+    let (echo, tarpc, _server) = rt.block_on(async {
+        let system = ActorSystem::new();
+        system.expose("echo", EchoActor.into_actor()).unwrap();
+        let server = system
+            .serve_tcp("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let mut config = ClientConfig::default();
+        config.connections = 1;
+        let client = system
+            .connect_with(Transport::Tcp(server.local_addr().to_string()), config)
+            .await
+            .unwrap();
+        let echo: EchoClient = client.actor("echo");
+        (echo, tarpc_client().await, server)
+    });
+    println!("tcp_pipelined: one connection, {IN_FLIGHT} calls in flight, {PAYLOAD}-byte payloads");
+
+    let trebuchet_calls = |echo: EchoClient, calls: u64| async move {
+        let data = vec![7u8; PAYLOAD];
+        pipelined(calls, || {
+            let (echo, data) = (echo.clone(), data.clone());
+            async move {
+                black_box(echo.echo(data).await.unwrap());
+            }
+        })
+        .await
+    };
+    let tarpc_calls = |client: EchoServiceClient, calls: u64| async move {
+        let data = vec![7u8; PAYLOAD];
+        pipelined(calls, || {
+            let (client, data) = (client.clone(), data.clone());
+            async move {
+                black_box(client.echo(tarpc::context::current(), data).await.unwrap());
+            }
+        })
+        .await
+    };
+
+    let mut group = c.benchmark_group("tcp_pipelined");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("trebuchet_tcp", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(rt.spawn(trebuchet_calls(echo.clone(), iters)))
+                .unwrap()
+        })
+    });
+    group.bench_function("tarpc_tcp", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(rt.spawn(tarpc_calls(tarpc.clone(), iters)))
+                .unwrap()
+        })
+    });
+    group.finish();
+
+    // Paired batches (see benches/support): the ratio of times per call, and its inverse, the
+    // throughput ratio the target is about.
+    let (ours, reference) = rt
+        .block_on(rt.spawn(async move {
+            let (mut ours, mut reference) = (Vec::new(), Vec::new());
+            for _ in 0..30 {
+                ours.push(trebuchet_calls(echo.clone(), 2000).await / 2000);
+                reference.push(tarpc_calls(tarpc.clone(), 2000).await / 2000);
+            }
+            (ours, reference)
+        }))
+        .unwrap();
+    let per_second = |times: &[Duration]| {
+        let mut sorted = times.to_vec();
+        sorted.sort();
+        1.0 / sorted[sorted.len() / 2].as_secs_f64()
+    };
+    let (ours_rate, tarpc_rate) = (per_second(&ours), per_second(&reference));
+    support::report_ratio(
+        "tcp_pipelined",
+        ("trebuchet_tcp", ours),
+        ("tarpc_tcp", reference),
+    );
+    println!(
+        "tcp_pipelined (paired batches): trebuchet {ours_rate:.0} calls/s / tarpc {tarpc_rate:.0} calls/s = throughput ratio {:.2}",
+        ours_rate / tarpc_rate
+    );
+}
+
+criterion_group!(benches, tcp_pipelined);
+criterion_main!(benches);
