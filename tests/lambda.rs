@@ -284,6 +284,53 @@ async fn a_call_that_would_outlive_the_deadline_fails_with_timeout() {
     assert_eq!(answer["result"], "x", "{answer}");
 }
 
+/// The gateway's middleware run in the function: API Gateway's headers authenticate, and the
+/// middleware errors come back with their HTTP statuses.
+#[tokio::test]
+async fn middleware_behind_api_gateway_answers_401_403_and_429() {
+    use std::num::NonZeroU32;
+    use trebuchet::middleware::{
+        ApiKeys, AuthenticationLayer, AuthorizationLayer, Gateway, Principal, RateLimitLayer, Rbac,
+    };
+    let keys = ApiKeys::new()
+        .key("player-key", Principal::new("alice", ["player"]))
+        .key("guest-key", Principal::new("bob", ["guest"]));
+    let gateway = Gateway::new(ActorSystem::new())
+        .expose("probe", ProbeActor::default().into_actor())
+        .unwrap()
+        .layer(AuthenticationLayer::new(keys))
+        .layer(AuthorizationLayer::new(
+            Rbac::new().allow("player", "probe", "*"),
+        ))
+        .layer(RateLimitLayer::per_second(NonZeroU32::new(2).unwrap()));
+    let host = LambdaHost::new(gateway.service());
+    let call = |key: Option<&'static str>| {
+        let mut event = http_event("POST", "/probe/echo", Some(r#"{"text":"hi"}"#));
+        if let Some(key) = key {
+            event["headers"]["x-api-key"] = json!(key);
+        }
+        let event = serde_json::value::RawValue::from_string(event.to_string()).unwrap();
+        let host = &host;
+        async move {
+            let answer = host.handle(&event, context(Duration::from_secs(5))).await;
+            serde_json::from_str::<Value>(answer.get()).unwrap()
+        }
+    };
+    assert_eq!(call(None).await["statusCode"], 401);
+    assert_eq!(call(Some("wrong")).await["statusCode"], 401);
+    assert_eq!(call(Some("guest-key")).await["statusCode"], 403);
+    let ok = call(Some("player-key")).await;
+    assert_eq!(
+        (ok["statusCode"].clone(), ok["body"].clone()),
+        (json!(200), json!("\"hi\""))
+    );
+    // Two calls per second for alice: the third within the second is refused, with Retry-After.
+    call(Some("player-key")).await;
+    let limited = call(Some("player-key")).await;
+    assert_eq!(limited["statusCode"], 429, "{limited}");
+    assert!(limited["headers"]["retry-after"].is_string(), "{limited}");
+}
+
 #[test]
 fn a_missing_state_table_is_a_clear_error_at_init() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_lambda_counter"))
