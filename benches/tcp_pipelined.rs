@@ -10,26 +10,14 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tarpc::server::Channel;
 use tarpc::tokio_serde::formats::Bincode;
-use trebuchet::{ActorSystem, ClientConfig, RemoteError, Transport, distributed_actor};
+use trebuchet::{ActorSystem, ClientConfig, Transport};
 
 #[path = "support/mod.rs"]
 mod support;
+use support::{Echo, EchoActor, EchoClient};
 
 const PAYLOAD: usize = 64;
 const IN_FLIGHT: usize = 64;
-
-#[distributed_actor]
-pub trait Echo {
-    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError>;
-}
-
-struct EchoActor;
-
-impl Echo for EchoActor {
-    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError> {
-        Ok(data)
-    }
-}
 
 #[tarpc::service]
 trait EchoService {

@@ -8,28 +8,14 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 #[path = "support/mod.rs"]
 mod support;
+use support::{Echo, EchoActor, EchoClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use trebuchet::codec;
 use trebuchet::protocol::{Envelope, Invocation};
-use trebuchet::{
-    ActorSystem, Encoding, Metadata, Payload, RemoteError, Transport, distributed_actor,
-};
+use trebuchet::{ActorSystem, Encoding, Metadata, Payload, Transport};
 
 const PAYLOAD: usize = 64;
-
-#[distributed_actor]
-pub trait Echo {
-    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError>;
-}
-
-struct EchoActor;
-
-impl Echo for EchoActor {
-    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError> {
-        Ok(data)
-    }
-}
 
 /// The size on the wire of one `echo` call: length prefix and bincode envelope.
 fn request_size() -> usize {

@@ -10,28 +10,14 @@ use criterion::{Criterion, criterion_group, criterion_main};
 #[path = "support/mod.rs"]
 mod support;
 use futures_util::{SinkExt, StreamExt};
+use support::{Echo, EchoActor, EchoClient};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use trebuchet::codec;
 use trebuchet::protocol::{Envelope, Invocation};
-use trebuchet::{
-    ActorSystem, Encoding, Metadata, Payload, RemoteError, Transport, distributed_actor,
-};
+use trebuchet::{ActorSystem, Encoding, Metadata, Payload, Transport};
 
 const PAYLOAD: usize = 64;
-
-#[distributed_actor]
-pub trait Echo {
-    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError>;
-}
-
-struct EchoActor;
-
-impl Echo for EchoActor {
-    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError> {
-        Ok(data)
-    }
-}
 
 /// The size of the binary frame the Trebuchet client sends for one `echo` call.
 fn request_frame_size() -> usize {

@@ -4,10 +4,29 @@
 //! more than that between them. Each bench therefore also alternates short batches of both sides
 //! (its own loop, so neither side pays for the harness); the ratio of the medians of the batch
 //! means is the figure to compare with a target.
+//!
+//! Also the echo actor the RPC benches call.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
+use trebuchet::{RemoteError, distributed_actor};
+
+/// The actor of the RPC benches: answers with its argument.
+#[distributed_actor]
+pub trait Echo {
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError>;
+}
+
+/// The one implementation of [`Echo`].
+pub struct EchoActor;
+
+impl Echo for EchoActor {
+    async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError> {
+        Ok(data)
+    }
+}
 
 /// Prints the medians of the per-call batch means of both sides and their ratio.
 pub fn report_ratio(
