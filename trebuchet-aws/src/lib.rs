@@ -22,3 +22,22 @@ pub use config::ConfigError;
 pub use lambda::{CloudLambdaContext, LambdaTransport};
 pub use retry::RetryPolicy;
 pub use state::DynamoDbStateStore;
+
+/// An error and its sources, as one line.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + '_)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `time` in milliseconds since the Unix epoch (0 before it).
+pub(crate) fn epoch_millis(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -38,7 +38,7 @@
 //!   [`StateError::Backend`] holding a [`DynamoDbStoreError`].
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -50,6 +50,7 @@ use trebuchet::state::{ActorIdPage, ActorStateStore, StateError, StoredState};
 
 use crate::config::{ConfigError, custom_endpoint, optional_var, required_var};
 use crate::retry::{RetryPolicy, is_transient};
+use crate::{epoch_millis, error_chain};
 
 /// DynamoDB's limit on an item's size.
 pub const DYNAMODB_ITEM_LIMIT: usize = 400 * 1024;
@@ -159,8 +160,7 @@ impl DynamoDbStateStore {
     /// A store in `table` using the DynamoDB client `dynamodb`, without S3 (states over the
     /// inline limit fail with [`DynamoDbStoreError::TooLargeWithoutBucket`]).
     ///
-    /// Turn off the client's own retries
-    /// (`aws_sdk_dynamodb::config::retry::RetryConfig::disabled()`) if you build it yourself:
+    /// Build the client from [`client_config`](Self::client_config) (the SDK's own retries off):
     /// the store retries with its [`RetryPolicy`]. [`from_sdk_config`](Self::from_sdk_config)
     /// does that for you.
     pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
@@ -177,14 +177,17 @@ impl DynamoDbStateStore {
         }
     }
 
+    /// The configuration of a DynamoDB client for a store: `sdk_config` with the SDK's own
+    /// retries off (the store retries). Add interceptors, an endpoint… before `build()`.
+    pub fn client_config(sdk_config: &SdkConfig) -> aws_sdk_dynamodb::config::Builder {
+        aws_sdk_dynamodb::config::Builder::from(sdk_config)
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+    }
+
     /// A store in `table` with clients made from `sdk_config`, and S3 `bucket` for large states
     /// if given.
     pub fn from_sdk_config(sdk_config: &SdkConfig, table: &str, bucket: Option<&str>) -> Self {
-        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::config::Builder::from(sdk_config)
-                .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
-                .build(),
-        );
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(Self::client_config(sdk_config).build());
         let store = DynamoDbStateStore::new(dynamodb, table);
         match bucket {
             Some(bucket) => {
@@ -449,7 +452,7 @@ impl DynamoDbStateStore {
         let mut item = StateItem {
             actor_id: actor_id.to_owned(),
             version,
-            updated_at: now_millis(),
+            updated_at: epoch_millis(SystemTime::now()),
             state: None,
             state_object: None,
             state_size: size as u64,
@@ -637,23 +640,4 @@ impl ActorStateStore for DynamoDbStateStore {
     ) -> BoxFuture<'a, Result<ActorIdPage, StateError>> {
         Box::pin(self.list_ids(after, limit.max(1)))
     }
-}
-
-/// An error and its sources, as one line.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + '_)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -76,6 +76,28 @@ pub fn encode(envelope: &Envelope, encoding: Encoding) -> Result<Frame, EncodeEr
     Ok(Frame { encoding, data })
 }
 
+/// Encodes `envelope`; if that fails (a bug), an `internal` error response in its place (with the
+/// envelope's `callId` when it is a response), so a server always has something to send.
+pub fn encode_or_internal(envelope: &Envelope, encoding: Encoding) -> Frame {
+    match encode(envelope, encoding) {
+        Ok(frame) => frame,
+        Err(error) => {
+            tracing::error!(%error, kind = envelope.kind(), "cannot encode an envelope");
+            let call_id = match envelope {
+                Envelope::Response(response) => response.call_id,
+                _ => None,
+            };
+            let fallback = Envelope::Response(Response {
+                call_id,
+                outcome: Err(RemoteError::internal(format!(
+                    "cannot encode the answer: {error}"
+                ))),
+            });
+            encode(&fallback, encoding).expect("an error response without payloads always encodes")
+        }
+    }
+}
+
 /// Decodes one frame.
 pub fn decode(frame: &Frame) -> Result<Envelope, DecodeError> {
     decode_bytes(&frame.data, frame.encoding)

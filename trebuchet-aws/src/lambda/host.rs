@@ -184,15 +184,8 @@ where
                 outcome: Err(error.to_remote_error()),
             },
         };
-        let envelope = Envelope::Response(response);
-        let text = match codec::encode(&envelope, Encoding::Json) {
-            Ok(frame) => frame.data.to_vec(),
-            Err(error) => {
-                tracing::error!(%error, "cannot encode a response");
-                br#"{"type":"response","callId":null,"error":{"code":"internal","message":"the response cannot be encoded"}}"#.to_vec()
-            }
-        };
-        raw_json(String::from_utf8(text).unwrap_or_default())
+        let frame = codec::encode_or_internal(&Envelope::Response(response), Encoding::Json);
+        raw_json(String::from_utf8_lossy(&frame.data).into_owned())
     }
 
     /// An API Gateway HTTP API (v2) request: `POST /{actorId}/{method}` with the arguments as the

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aws_config::SdkConfig;
 use aws_sdk_lambda::config::retry::RetryConfig;
@@ -47,7 +47,7 @@ use trebuchet::{ClientConfig, Connection, Encoding, ErrorCode, Payload, RemoteEr
 use super::host::MAX_PAYLOAD;
 use crate::config::ConfigError;
 use crate::retry::{RetryPolicy, is_transient};
-use crate::state::error_chain;
+use crate::{epoch_millis, error_chain};
 
 /// A target with this many consecutive failures is reported unhealthy.
 pub const UNHEALTHY_AFTER: u32 = 3;
@@ -144,9 +144,8 @@ impl LambdaTransportBuilder {
     }
 
     /// Checks the settings; every error names the field.
-    pub fn build(self) -> Result<LambdaTransport, ConfigError> {
+    pub fn build(mut self) -> Result<LambdaTransport, ConfigError> {
         let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
-        let mut region = self.region;
         match &self.target {
             FunctionTarget::Name(name) => validate_name("function", name)?,
             FunctionTarget::Prefix(prefix) => {
@@ -157,7 +156,7 @@ impl LambdaTransportBuilder {
             }
             FunctionTarget::Arn(arn) => {
                 let parsed = parse_arn(arn).map_err(|reason| invalid("arn", reason))?;
-                match &region {
+                match &self.region {
                     Some(region) if region != parsed.region => {
                         return Err(invalid(
                             "region",
@@ -168,7 +167,7 @@ impl LambdaTransportBuilder {
                         ));
                     }
                     Some(_) => {}
-                    None => region = Some(parsed.region.to_owned()),
+                    None => self.region = Some(parsed.region.to_owned()),
                 }
                 if parsed.qualifier.is_some() && self.qualifier.is_some() {
                     return Err(invalid(
@@ -178,7 +177,7 @@ impl LambdaTransportBuilder {
                 }
             }
         }
-        if let Some(region) = &region
+        if let Some(region) = &self.region
             && (region.is_empty()
                 || !region
                     .chars()
@@ -221,15 +220,7 @@ impl LambdaTransportBuilder {
         self.retry.validate()?;
         Ok(LambdaTransport {
             inner: Arc::new(Settings {
-                target: self.target,
-                region,
-                qualifier: self.qualifier,
-                invocation_type: self.invocation_type,
-                retry: self.retry,
-                connect_timeout: self.connect_timeout,
-                read_timeout: self.read_timeout,
-                endpoint_url: self.endpoint_url,
-                sdk_config: self.sdk_config,
+                config: self,
                 client: OnceCell::new(),
                 health: Mutex::new(HashMap::new()),
             }),
@@ -289,16 +280,9 @@ fn parse_arn(arn: &str) -> Result<ParsedArn<'_>, String> {
     })
 }
 
+/// A transport's checked settings, its SDK client (made on first use) and its health records.
 struct Settings {
-    target: FunctionTarget,
-    region: Option<String>,
-    qualifier: Option<String>,
-    invocation_type: InvocationType,
-    retry: RetryPolicy,
-    connect_timeout: Duration,
-    read_timeout: Duration,
-    endpoint_url: Option<String>,
-    sdk_config: Option<SdkConfig>,
+    config: LambdaTransportBuilder,
     client: OnceCell<aws_sdk_lambda::Client>,
     health: Mutex<HashMap<String, HealthRecord>>,
 }
@@ -313,10 +297,10 @@ pub struct LambdaTransport {
 impl fmt::Debug for LambdaTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LambdaTransport")
-            .field("target", &self.inner.target)
-            .field("region", &self.inner.region)
-            .field("qualifier", &self.inner.qualifier)
-            .field("invocation_type", &self.inner.invocation_type)
+            .field("target", &self.inner.config.target)
+            .field("region", &self.inner.config.region)
+            .field("qualifier", &self.inner.config.qualifier)
+            .field("invocation_type", &self.inner.config.invocation_type)
             .finish_non_exhaustive()
     }
 }
@@ -353,7 +337,7 @@ impl LambdaTransport {
 
     /// The function calls go to.
     pub fn target(&self) -> &FunctionTarget {
-        &self.inner.target
+        &self.inner.config.target
     }
 
     /// The health of every function called so far, by function name or ARN.
@@ -377,8 +361,8 @@ impl LambdaTransport {
     }
 
     async fn client(&self) -> &aws_sdk_lambda::Client {
-        let settings = &self.inner;
-        settings
+        let settings = &self.inner.config;
+        self.inner
             .client
             .get_or_init(|| async {
                 let sdk_config = match &settings.sdk_config {
@@ -406,7 +390,7 @@ impl LambdaTransport {
     }
 
     fn function_for(&self, actor_id: &str) -> Result<String, RemoteError> {
-        match &self.inner.target {
+        match &self.inner.config.target {
             FunctionTarget::Name(name) | FunctionTarget::Arn(name) => Ok(name.clone()),
             FunctionTarget::Prefix(prefix) => {
                 let name = format!("{prefix}{actor_id}");
@@ -438,7 +422,7 @@ impl LambdaTransport {
 
     /// One Invoke request.
     async fn attempt(&self, function: &str, payload: &[u8]) -> Result<Payload, Failure> {
-        let settings = &self.inner;
+        let settings = &self.inner.config;
         let sent = self
             .client()
             .await
@@ -511,7 +495,7 @@ impl LambdaTransport {
                 ),
             ));
         }
-        let attempts = self.inner.retry.run(
+        let attempts = self.inner.config.retry.run(
             |_| async {
                 let outcome = self.attempt(&function, &frame.data).await;
                 match &outcome {
@@ -637,7 +621,7 @@ impl Failure {
 
 impl Connector for LambdaTransport {
     fn describe(&self) -> String {
-        match &self.inner.target {
+        match &self.inner.config.target {
             FunctionTarget::Name(name) => format!("lambda:{name}"),
             FunctionTarget::Arn(arn) => format!("lambda:{arn}"),
             FunctionTarget::Prefix(prefix) => format!("lambda:{prefix}*"),
@@ -724,11 +708,6 @@ struct HealthRecord {
 
 impl HealthRecord {
     fn report(&self, function: &str) -> TargetHealth {
-        let millis = |time: SystemTime| {
-            time.duration_since(UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_millis() as u64)
-                .unwrap_or(0)
-        };
         TargetHealth {
             function: function.to_owned(),
             healthy: self.consecutive_failures < UNHEALTHY_AFTER,
@@ -740,8 +719,8 @@ impl HealthRecord {
             } else {
                 self.total_failures as f64 / self.total_requests as f64
             },
-            last_success_at: self.last_success.map(millis),
-            last_failure_at: self.last_failure.map(millis),
+            last_success_at: self.last_success.map(epoch_millis),
+            last_failure_at: self.last_failure.map(epoch_millis),
             last_error: self.last_error.clone(),
         }
     }
@@ -841,7 +820,7 @@ mod tests {
     fn valid_settings_build() {
         let arn = "arn:aws:lambda:eu-west-1:123456789012:function:counter:live";
         let transport = LambdaTransport::arn(arn).build().unwrap();
-        assert_eq!(transport.inner.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(transport.inner.config.region.as_deref(), Some("eu-west-1"));
         LambdaTransport::function("counter")
             .qualifier("$LATEST")
             .invocation_type(InvocationType::Event)

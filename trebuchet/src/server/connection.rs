@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::codec::{self, Frame};
+use crate::codec::{self, encode_or_internal};
 use crate::protocol::{
     Encoding, Envelope, ErrorCode, Payload, RemoteError, Response, StreamData, StreamEnd,
     StreamError, StreamStart,
@@ -372,26 +372,4 @@ async fn send_envelope<Io: FrameIo>(
     encoding: Encoding,
 ) -> Result<(), FrameError> {
     io.send(encode_or_internal(envelope, encoding)).await
-}
-
-/// Encodes `envelope`; if that fails (a bug), an `internal` error response in its place.
-fn encode_or_internal(envelope: &Envelope, encoding: Encoding) -> Frame {
-    match codec::encode(envelope, encoding) {
-        Ok(frame) => frame,
-        Err(error) => {
-            tracing::error!(%error, kind = envelope.kind(), "cannot encode an envelope");
-            let call_id = match envelope {
-                Envelope::Response(response) => response.call_id,
-                _ => None,
-            };
-            let fallback = Envelope::Response(Response {
-                call_id,
-                outcome: Err(RemoteError::internal(format!(
-                    "cannot encode the answer: {error}"
-                ))),
-            });
-            codec::encode(&fallback, encoding)
-                .expect("an error response without payloads always encodes")
-        }
-    }
 }
