@@ -14,9 +14,8 @@ use trebuchet::{ActorSystem, ClientConfig, Transport};
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{Echo, EchoActor, EchoClient};
+use support::{Echo, EchoActor, EchoClient, PAYLOAD};
 
-const PAYLOAD: usize = 64;
 const IN_FLIGHT: usize = 64;
 
 #[tarpc::service]

@@ -8,29 +8,14 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{Echo, EchoActor, EchoClient};
+use support::{Echo, EchoActor, EchoClient, PAYLOAD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use trebuchet::codec;
-use trebuchet::protocol::{Envelope, Invocation};
-use trebuchet::{ActorSystem, Encoding, Metadata, Payload, Transport};
-
-const PAYLOAD: usize = 64;
+use trebuchet::{ActorSystem, Transport};
 
 /// The size on the wire of one `echo` call: length prefix and bincode envelope.
 fn request_size() -> usize {
-    let args = Payload::encode(&(vec![7u8; PAYLOAD],), Encoding::Bincode).unwrap();
-    let envelope = Envelope::Invocation(Invocation {
-        call_id: 1000,
-        actor_id: "echo".into(),
-        method: "echo".into(),
-        args,
-        metadata: Metadata::new(),
-    });
-    4 + codec::encode(&envelope, Encoding::Bincode)
-        .unwrap()
-        .data
-        .len()
+    4 + support::echo_request_frame_size()
 }
 
 async fn raw_echo_server(size: usize) -> String {

@@ -10,30 +10,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 #[path = "support/mod.rs"]
 mod support;
 use futures_util::{SinkExt, StreamExt};
-use support::{Echo, EchoActor, EchoClient};
+use support::{Echo, EchoActor, EchoClient, PAYLOAD};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use trebuchet::codec;
-use trebuchet::protocol::{Envelope, Invocation};
-use trebuchet::{ActorSystem, Encoding, Metadata, Payload, Transport};
-
-const PAYLOAD: usize = 64;
-
-/// The size of the binary frame the Trebuchet client sends for one `echo` call.
-fn request_frame_size() -> usize {
-    let args = Payload::encode(&(vec![7u8; PAYLOAD],), Encoding::Bincode).unwrap();
-    let envelope = Envelope::Invocation(Invocation {
-        call_id: 1000,
-        actor_id: "echo".into(),
-        method: "echo".into(),
-        args,
-        metadata: Metadata::new(),
-    });
-    codec::encode(&envelope, Encoding::Bincode)
-        .unwrap()
-        .data
-        .len()
-}
+use trebuchet::{ActorSystem, Transport};
 
 async fn raw_echo_server() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -70,7 +50,7 @@ fn ws_rpc(c: &mut Criterion) {
         let echo: EchoClient = client.actor("echo");
         (echo, raw_echo_server().await, server)
     });
-    let frame_size = request_frame_size();
+    let frame_size = support::echo_request_frame_size();
     println!(
         "ws_rpc: {PAYLOAD}-byte argument; Trebuchet request frame {frame_size} bytes; raw echo message {frame_size} bytes"
     );

@@ -212,9 +212,8 @@ async fn throttled_requests_are_retried() {
     let endpoint = FaultEndpoint::start(vec![throttled.clone(), throttled.clone(), found]).await;
     let config = sdk_config().await;
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&config)
+        DynamoDbStateStore::client_config(&config)
             .endpoint_url(&endpoint.url)
-            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
             .build(),
     );
     let store = DynamoDbStateStore::new(dynamodb.clone(), "throttled");
@@ -228,9 +227,8 @@ async fn throttled_requests_are_retried() {
     // Throttled on every attempt: a typed error saying so, after the policy's attempts.
     let endpoint = FaultEndpoint::start(vec![throttled]).await;
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&config)
+        DynamoDbStateStore::client_config(&config)
             .endpoint_url(&endpoint.url)
-            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
             .build(),
     );
     let store = DynamoDbStateStore::new(dynamodb, "throttled");

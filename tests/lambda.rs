@@ -25,19 +25,12 @@ async fn lambda_client() -> trebuchet::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_clients_of_a_hundred_increments_count_exactly_1600() {
     let counter_id = unique("counter");
-    let mut tasks = Vec::new();
+    let mut counters = Vec::new();
     for _ in 0..16 {
-        let client = lambda_client().await; // a client of its own each
-        let counter: CounterClient = client.actor(&counter_id);
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..100 {
-                counter.increment(1).await.unwrap();
-            }
-        }));
+        // A client of its own each.
+        counters.push(lambda_client().await.actor::<CounterClient>(&counter_id));
     }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    increment_on_tasks(counters, 100).await;
     let counter: CounterClient = lambda_client().await.actor(&counter_id);
     assert_eq!(counter.get().await.unwrap(), 1600);
 }

@@ -74,22 +74,16 @@ async fn sixteen_clients_times_a_hundred_increments_give_exactly_1600() {
         .serve_websocket("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let mut clients = Vec::new();
+    // Sixteen clients, each with a connection of its own.
+    let mut counters = Vec::new();
     for _ in 0..16 {
         let client = ActorSystem::new()
             .connect(Transport::WebSocket(server.url().into()))
             .await
             .unwrap();
-        clients.push(tokio::spawn(async move {
-            let counter: CounterClient = client.actor("counter");
-            for _ in 0..100 {
-                counter.increment(1).await.unwrap();
-            }
-        }));
+        counters.push(client.actor::<CounterClient>("counter"));
     }
-    for client in clients {
-        client.await.unwrap();
-    }
+    common::increment_on_tasks(counters, 100).await;
     let stored = store.load("counter").await.unwrap().unwrap();
     let state: CounterState = decode_state("counter", &stored.bytes, Encoding::Json).unwrap();
     assert_eq!(state.value, 1600);

@@ -92,19 +92,7 @@ async fn calls_to_one_actor_run_one_at_a_time_in_arrival_order(bed: Bed) {
 }
 
 async fn concurrent_clients_lose_no_update(bed: Bed) {
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let counter = bed.counter();
-            tokio::spawn(async move {
-                for _ in 0..50 {
-                    counter.increment(1).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
+    increment_on_tasks((0..16).map(|_| bed.counter()), 50).await;
     assert_eq!(bed.counter().get().await.unwrap(), 800);
 }
 
@@ -288,19 +276,7 @@ async fn a_connection_pool_spreads_calls(kind: Kind) {
     config.connections = 4;
     let bed = Bed::start_with(kind, config).await;
     assert_eq!(bed.server.as_ref().unwrap().open_connections(), 4);
-    let tasks: Vec<_> = (0..8)
-        .map(|_| {
-            let counter = bed.counter();
-            tokio::spawn(async move {
-                for _ in 0..50 {
-                    counter.increment(1).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
+    increment_on_tasks((0..8).map(|_| bed.counter()), 50).await;
     assert_eq!(bed.counter().get().await.unwrap(), 400);
 }
 

@@ -11,7 +11,12 @@
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
-use trebuchet::{RemoteError, distributed_actor};
+use trebuchet::codec;
+use trebuchet::protocol::{Envelope, Invocation};
+use trebuchet::{Encoding, Metadata, Payload, RemoteError, distributed_actor};
+
+/// The size of the argument of the RPC benches' calls, in bytes.
+pub const PAYLOAD: usize = 64;
 
 /// The actor of the RPC benches: answers with its argument.
 #[distributed_actor]
@@ -53,4 +58,21 @@ pub fn runtime() -> Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// The size of the binary (bincode) envelope a client sends for one `echo` call of `PAYLOAD`
+/// bytes: what the raw references of the RPC benches echo, to move as many bytes.
+pub fn echo_request_frame_size() -> usize {
+    let args = Payload::encode(&(vec![7u8; PAYLOAD],), Encoding::Bincode).unwrap();
+    let envelope = Envelope::Invocation(Invocation {
+        call_id: 1000,
+        actor_id: "echo".into(),
+        method: "echo".into(),
+        args,
+        metadata: Metadata::new(),
+    });
+    codec::encode(&envelope, Encoding::Bincode)
+        .unwrap()
+        .data
+        .len()
 }

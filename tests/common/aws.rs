@@ -103,8 +103,7 @@ pub async fn counted_dynamodb() -> (aws_sdk_dynamodb::Client, RequestCounter) {
     let config = sdk_config().await;
     let counter = RequestCounter::default();
     let client = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&config)
-            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+        DynamoDbStateStore::client_config(&config)
             .interceptor(counter.clone())
             .build(),
     );

@@ -101,3 +101,21 @@ impl Bed {
         self.client.actor(&self.counter_id)
     }
 }
+
+/// Increments each of `counters` by one, `times` times, every counter on a task of its own, all
+/// at once; returns when all are done.
+pub async fn increment_on_tasks(counters: impl IntoIterator<Item = CounterClient>, times: u64) {
+    let tasks: Vec<_> = counters
+        .into_iter()
+        .map(|counter| {
+            tokio::spawn(async move {
+                for _ in 0..times {
+                    counter.increment(1).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
