@@ -75,7 +75,8 @@ start_emulators() {
 
     local moto_port lambda_port
     moto_port=$(free_port)
-    setsid moto_server -H 127.0.0.1 -p "$moto_port" >"$logs/moto.log" 2>&1 &
+    # (moto's own `moto_server` command, but atomic per request: see the script.)
+    setsid python3 "$dev_env_root/scripts/moto_server.py" 127.0.0.1 "$moto_port" >"$logs/moto.log" 2>&1 &
     moto_pid=$!
     wait_for moto "http://127.0.0.1:$moto_port/moto-api/" 60
 

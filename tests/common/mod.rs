@@ -4,6 +4,7 @@
 mod actors;
 pub mod aws;
 pub mod fault;
+pub mod proxy;
 
 pub use actors::*;
 use trebuchet::{ActorSystem, Client, ClientConfig, Encoding, ServerHandle, Transport};

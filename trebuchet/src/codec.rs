@@ -246,6 +246,10 @@ impl<'a> JsonFrame<'a> {
                 frame.actor_id = Some(Cow::Borrowed(&resume.actor_id));
                 frame.method = Some(Cow::Borrowed(&resume.method));
                 frame.args = Some(resume.args.raw_json()?);
+                frame.call_id = resume.call_id;
+                if !resume.metadata.is_empty() {
+                    frame.metadata = Some(Cow::Borrowed(&resume.metadata));
+                }
             }
             Envelope::Cancel(cancel) => frame.call_id = Some(cancel.call_id),
         }
@@ -338,6 +342,8 @@ impl<'a> JsonFrame<'a> {
                     .into_owned(),
                 method: self.method.ok_or_else(|| missing("method"))?.into_owned(),
                 args: args(self.args)?,
+                call_id,
+                metadata: self.metadata.map(Cow::into_owned).unwrap_or_default(),
             }),
             "cancel" => Envelope::Cancel(Cancel {
                 call_id: call_id.ok_or_else(|| missing("callId"))?,

@@ -69,8 +69,8 @@ pub use client::{
     ActorRef, Client, ClientConfig, ConnectError, Connection, ReconnectPolicy, RemoteActor,
 };
 pub use protocol::{Encoding, ErrorCode, Metadata, Payload, RemoteError};
-pub use server::{ActorService, Call, ConnectionInfo, ServerConfig, ServerHandle};
-pub use stream::{ActorStream, Reply};
+pub use server::{ActorService, Call, ConnectionInfo, ReplayConfig, ServerConfig, ServerHandle};
+pub use stream::{ActorStream, Reply, StreamGap};
 pub use system::{ActorSystem, ExposeError};
 pub use transport::Transport;
 pub use trebuchet_macros::distributed_actor;

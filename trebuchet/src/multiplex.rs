@@ -14,6 +14,12 @@
 //!   the server may already have run it), and a supervisor reconnects with exponential backoff
 //!   and jitter. A call made while the client is reconnecting waits for the new connection,
 //!   within its own timeout; if the connection is not back in time it fails with `unavailable`.
+//! * Streams outlive their connection: the client remembers, per open stream, the last sequence
+//!   number it received and the call that opened it. On the new connection it sends
+//!   `streamResume` for each, and the server replays what was missed and goes on; the consumer
+//!   sees every item once, in order. If the server restarts a stream instead (its replay buffer
+//!   no longer reaches back), or the numbers jump, the consumer gets a [`StreamGap`] error and
+//!   then the items that follow. Only when reconnecting gives up do streams end (`unavailable`).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -32,8 +38,9 @@ use crate::client::{ClientConfig, Connection};
 use crate::codec::{self, Frame};
 use crate::protocol::{
     Cancel, Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response,
+    StreamResume,
 };
-use crate::stream::PayloadStream;
+use crate::stream::{PayloadStream, StreamGap};
 use crate::transport::{FrameError, FrameIo};
 
 type Outcome = Result<Payload, RemoteError>;
@@ -59,7 +66,9 @@ enum Answer {
 
 /// One event of an open stream, in the stream's channel.
 enum StreamItem {
-    Data { sequence_number: u64, data: Payload },
+    Data(Payload),
+    /// Items were missed before the next one (the stream goes on).
+    Gap(StreamGap),
     Failed(RemoteError),
     End,
 }
@@ -68,8 +77,172 @@ enum StreamItem {
 /// (and so, through TCP flow control, the server's producer waits too).
 const STREAM_BUFFER: usize = 64;
 
+/// A caller waiting for an answer.
+struct Waiter {
+    reply: oneshot::Sender<Answer>,
+    /// What the call was, if it is a stream call (to resume the stream later).
+    stream: Option<Arc<StreamCall>>,
+}
+
 /// Callers waiting for answers on one link; `None` once the link is gone.
-type Pending = Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>;
+type Pending = Mutex<Option<HashMap<u64, Waiter>>>;
+
+/// The call that opened a stream: what a `streamResume` repeats.
+struct StreamCall {
+    actor_id: String,
+    method: String,
+    args: Payload,
+}
+
+/// One open stream of a client, across reconnects.
+struct StreamRoute {
+    feed: mpsc::Sender<StreamItem>,
+    /// Its id on the server (a restarted stream gets a new one).
+    stream_id: String,
+    /// The call the server knows it by on the current connection (for `cancel`).
+    call_id: u64,
+    /// The sequence number of the last item routed to the consumer.
+    last_routed: u64,
+    call: Arc<StreamCall>,
+}
+
+#[derive(Default)]
+struct StreamRoutes {
+    /// By the `callId` of the call that opened the stream (it stays the stream's key).
+    routes: HashMap<u64, StreamRoute>,
+    by_stream_id: HashMap<String, u64>,
+    /// `callId` of a `streamResume` sent on the current connection → the stream's key.
+    resuming: HashMap<u64, u64>,
+}
+
+/// What routing a `streamData` comes to.
+enum Routed {
+    /// Give it to `feed`, after reporting `gap` if there is one.
+    To {
+        feed: mpsc::Sender<StreamItem>,
+        gap: Option<StreamGap>,
+    },
+    /// Unknown stream, or an item already routed (replayed twice): drop it.
+    Drop,
+}
+
+/// The open streams of one client, shared by its successive links.
+#[derive(Default)]
+struct StreamTable(Mutex<StreamRoutes>);
+
+impl StreamTable {
+    fn routes(&self) -> MutexGuard<'_, StreamRoutes> {
+        lock(&self.0)
+    }
+
+    /// A new stream, answered with `streamStart` to the call `key`.
+    fn open(&self, key: u64, stream_id: String, call: Arc<StreamCall>) -> mpsc::Receiver<StreamItem> {
+        let (feed, items) = mpsc::channel(STREAM_BUFFER);
+        let mut routes = self.routes();
+        routes.by_stream_id.insert(stream_id.clone(), key);
+        routes.routes.insert(
+            key,
+            StreamRoute {
+                feed,
+                stream_id,
+                call_id: key,
+                last_routed: 0,
+                call,
+            },
+        );
+        items
+    }
+
+    fn route(&self, stream_id: &str, sequence_number: u64) -> Routed {
+        let mut routes = self.routes();
+        let Some(key) = routes.by_stream_id.get(stream_id).copied() else {
+            return Routed::Drop;
+        };
+        let Some(route) = routes.routes.get_mut(&key) else {
+            return Routed::Drop;
+        };
+        if sequence_number <= route.last_routed {
+            return Routed::Drop;
+        }
+        let gap = (sequence_number != route.last_routed + 1).then_some(StreamGap {
+            last_sequence: route.last_routed,
+            resumed_at: Some(sequence_number),
+        });
+        route.last_routed = sequence_number;
+        Routed::To {
+            feed: route.feed.clone(),
+            gap,
+        }
+    }
+
+    /// Removes the stream `key`.
+    fn remove(&self, key: u64) -> Option<StreamRoute> {
+        let mut routes = self.routes();
+        let route = routes.routes.remove(&key)?;
+        routes.by_stream_id.remove(&route.stream_id);
+        Some(route)
+    }
+
+    /// Removes the stream with server id `stream_id` (it ended).
+    fn finish(&self, stream_id: &str) -> Option<mpsc::Sender<StreamItem>> {
+        let key = self.routes().by_stream_id.get(stream_id).copied()?;
+        self.remove(key).map(|route| route.feed)
+    }
+
+    /// The server restarted the stream resumed with `call_id` as `stream_id`: route it there.
+    fn restarted(&self, call_id: u64, stream_id: String) -> Option<(mpsc::Sender<StreamItem>, StreamGap)> {
+        let mut routes = self.routes();
+        let key = routes.resuming.remove(&call_id)?;
+        let route = routes.routes.get_mut(&key)?;
+        let gap = StreamGap {
+            last_sequence: route.last_routed,
+            resumed_at: None,
+        };
+        let old = std::mem::replace(&mut route.stream_id, stream_id.clone());
+        route.last_routed = 0;
+        let feed = route.feed.clone();
+        routes.by_stream_id.remove(&old);
+        routes.by_stream_id.insert(stream_id, key);
+        Some((feed, gap))
+    }
+
+    /// The server answered the resume `call_id` with an error instead of a stream.
+    fn resume_refused(&self, call_id: u64) -> Option<mpsc::Sender<StreamItem>> {
+        let key = self.routes().resuming.remove(&call_id)?;
+        self.remove(key).map(|route| route.feed)
+    }
+
+    /// The `streamResume` of every open stream, for a new connection; each gets a new `callId`.
+    fn resumes(&self, call_ids: &AtomicU64, config: &ClientConfig) -> Vec<StreamResume> {
+        let mut routes = self.routes();
+        let routes = &mut *routes;
+        routes.resuming.clear();
+        let metadata = config.outgoing_metadata();
+        routes
+            .routes
+            .iter_mut()
+            .map(|(key, route)| {
+                let call_id = call_ids.fetch_add(1, Ordering::Relaxed);
+                routes.resuming.insert(call_id, *key);
+                route.call_id = call_id;
+                StreamResume {
+                    stream_id: route.stream_id.clone(),
+                    last_sequence: route.last_routed,
+                    actor_id: route.call.actor_id.clone(),
+                    method: route.call.method.clone(),
+                    args: route.call.args.clone(),
+                    call_id: Some(call_id),
+                    metadata: metadata.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Ends every stream (their consumers get `unavailable`): the client is closed for good.
+    fn close(&self) {
+        *self.routes() = StreamRoutes::default();
+    }
+}
 
 /// One live connection.
 struct Link<Io: FrameIo> {
@@ -79,8 +252,8 @@ struct Link<Io: FrameIo> {
     /// are taken in order.
     reader: Arc<tokio::sync::Mutex<SplitStream<Io>>>,
     pending: Pending,
-    /// Open streams: stream id → the channel of their consumer.
-    streams: Mutex<HashMap<String, mpsc::Sender<StreamItem>>>,
+    /// The client's open streams.
+    streams: Arc<StreamTable>,
     /// Fired when reading or writing finds the connection gone; the supervisor then reconnects.
     broken: CancellationToken,
 }
@@ -92,14 +265,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<Io: FrameIo + 'static> Link<Io> {
-    fn new(io: Io) -> Arc<Self> {
+    fn new(io: Io, streams: Arc<StreamTable>) -> Arc<Self> {
         let (writer, reader) = io.split();
         Arc::new(Link {
             outbox: Mutex::default(),
             writer: tokio::sync::Mutex::new(writer),
             reader: Arc::new(tokio::sync::Mutex::new(reader)),
             pending: Mutex::new(Some(HashMap::new())),
-            streams: Mutex::default(),
+            streams,
             broken: CancellationToken::new(),
         })
     }
@@ -175,12 +348,15 @@ impl<Io: FrameIo + 'static> Link<Io> {
         }
     }
 
-    /// The next event of a stream, reading the socket when it is this consumer's turn. `None`
-    /// when the channel closed without an end: the connection was lost.
-    async fn next_item(&self, items: &mut mpsc::Receiver<StreamItem>) -> Option<StreamItem> {
+    /// The next event of a stream, reading the socket when it is this consumer's turn. `Ok(None)`
+    /// when the channel closed without an end (the client gave up), `Err` when this link is lost.
+    async fn next_item(
+        &self,
+        items: &mut mpsc::Receiver<StreamItem>,
+    ) -> Result<Option<StreamItem>, ()> {
         let mut reader = tokio::select! {
             biased;
-            item = items.recv() => return item,
+            item = items.recv() => return Ok(item),
             reader = self.reader.clone().lock_owned() => reader,
         };
         loop {
@@ -192,14 +368,12 @@ impl<Io: FrameIo + 'static> Link<Io> {
                     let room = STREAM_BUFFER.saturating_sub(items.len() + 1);
                     // A lost connection shows at the next read; this item is still good.
                     let _ = self.route_arrived(&mut reader, room).await;
-                    return Some(item);
+                    return Ok(Some(item));
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Ok(None),
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
-            if self.read_one(&mut reader).await.is_err() {
-                return None;
-            }
+            self.read_one(&mut reader).await?;
         }
     }
 
@@ -236,10 +410,17 @@ impl<Io: FrameIo + 'static> Link<Io> {
         }
     }
 
-    /// Registers a caller for `call_id`; `None` if the link is already gone.
-    fn expect(&self, call_id: u64) -> Option<oneshot::Receiver<Answer>> {
+    /// Registers a caller for `call_id` (with what it is, if it opens a stream); `None` if the
+    /// link is already gone.
+    fn expect(
+        &self,
+        call_id: u64,
+        stream: Option<Arc<StreamCall>>,
+    ) -> Option<oneshot::Receiver<Answer>> {
         let (reply, answer) = oneshot::channel();
-        lock(&self.pending).as_mut()?.insert(call_id, reply);
+        lock(&self.pending)
+            .as_mut()?
+            .insert(call_id, Waiter { reply, stream });
         Some(answer)
     }
 
@@ -264,7 +445,13 @@ impl<Io: FrameIo + 'static> Link<Io> {
                 outcome,
             }) => {
                 if let Some(waiter) = self.take_waiter(call_id) {
-                    let _ = waiter.send(Answer::Value(outcome));
+                    let _ = waiter.reply.send(Answer::Value(outcome));
+                } else if let Some(feed) = self.streams.resume_refused(call_id) {
+                    // A stream the server could only restart, and the restart was refused.
+                    let error = outcome.err().unwrap_or_else(|| {
+                        RemoteError::internal("a restarted stream was answered with a value")
+                    });
+                    let _ = feed.send(StreamItem::Failed(error)).await;
                 }
             }
             Envelope::Response(Response {
@@ -276,25 +463,28 @@ impl<Io: FrameIo + 'static> Link<Io> {
                 }
             }
             Envelope::StreamStart(start) => {
-                let (feed, items) = mpsc::channel(STREAM_BUFFER);
-                let waiter = self.take_waiter(start.call_id);
-                if let Some(waiter) = waiter
-                    && waiter.send(Answer::Stream(items)).is_ok()
+                if let Some(waiter) = self.take_waiter(start.call_id) {
+                    let items = match waiter.stream {
+                        Some(call) => self.streams.open(start.call_id, start.stream_id, call),
+                        // Not a stream call: the caller refuses the stream.
+                        None => mpsc::channel(1).1,
+                    };
+                    let _ = waiter.reply.send(Answer::Stream(items));
+                } else if let Some((feed, gap)) =
+                    self.streams.restarted(start.call_id, start.stream_id)
                 {
-                    lock(&self.streams).insert(start.stream_id, feed);
+                    let _ = feed.send(StreamItem::Gap(gap)).await;
                 }
             }
             Envelope::StreamData(item) => {
-                let feed = lock(&self.streams).get(&item.stream_id).cloned();
-                let data = StreamItem::Data {
-                    sequence_number: item.sequence_number,
-                    data: item.data,
-                };
                 // Waits while the consumer is behind: that is the client's backpressure.
-                if let Some(feed) = feed
-                    && feed.send(data).await.is_err()
+                if let Routed::To { feed, gap } =
+                    self.streams.route(&item.stream_id, item.sequence_number)
                 {
-                    lock(&self.streams).remove(&item.stream_id);
+                    if let Some(gap) = gap {
+                        let _ = feed.send(StreamItem::Gap(gap)).await;
+                    }
+                    let _ = feed.send(StreamItem::Data(item.data)).await;
                 }
             }
             Envelope::StreamEnd(end) => self.finish_stream(&end.stream_id, StreamItem::End).await,
@@ -309,15 +499,14 @@ impl<Io: FrameIo + 'static> Link<Io> {
         }
     }
 
-    fn take_waiter(&self, call_id: u64) -> Option<oneshot::Sender<Answer>> {
+    fn take_waiter(&self, call_id: u64) -> Option<Waiter> {
         lock(&self.pending)
             .as_mut()
             .and_then(|pending| pending.remove(&call_id))
     }
 
     async fn finish_stream(&self, stream_id: &str, last: StreamItem) {
-        let feed = lock(&self.streams).remove(stream_id);
-        if let Some(feed) = feed {
+        if let Some(feed) = self.streams.finish(stream_id) {
             let _ = feed.send(last).await;
         }
     }
@@ -336,13 +525,15 @@ impl<Io: FrameIo + 'static> Link<Io> {
     }
 }
 
-/// The caller's side of an open stream.
+/// The caller's side of an open stream. It reads whichever link is current: the stream goes on
+/// across reconnects.
 struct StreamConsumer<Io: FrameIo + 'static> {
-    link: Arc<Link<Io>>,
+    link: watch::Receiver<LinkState<Io>>,
+    streams: Arc<StreamTable>,
     items: mpsc::Receiver<StreamItem>,
-    call_id: u64,
+    /// The stream's key in `streams`.
+    key: u64,
     cancel_encoding: Encoding,
-    last_sequence: u64,
     done: bool,
 }
 
@@ -351,29 +542,14 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
         if self.done {
             return None;
         }
-        let item = self.link.next_item(&mut self.items).await;
-        let (item, done) = match item {
-            Some(StreamItem::Data {
-                sequence_number,
-                data,
-            }) if sequence_number == self.last_sequence + 1 => {
-                self.last_sequence = sequence_number;
-                (Some(Ok(data)), false)
-            }
-            Some(StreamItem::Data {
-                sequence_number, ..
-            }) => (
-                Some(Err(RemoteError::internal(format!(
-                    "stream gap: item {sequence_number} came after item {}",
-                    self.last_sequence
-                )))),
-                true,
-            ),
+        let (item, done) = match self.next_item().await {
+            Some(StreamItem::Data(data)) => (Some(Ok(data)), false),
+            Some(StreamItem::Gap(gap)) => (Some(Err(gap.into_error())), false),
             Some(StreamItem::Failed(error)) => (Some(Err(error)), true),
             Some(StreamItem::End) => (None, true),
             None => (
                 Some(Err(RemoteError::unavailable(
-                    "the connection was lost before the stream ended",
+                    "the connection was lost before the stream ended and could not be re-established",
                 ))),
                 true,
             ),
@@ -381,13 +557,35 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
         self.done = done;
         item
     }
+
+    /// The next event, reading the current link; while reconnecting, waits for the next link
+    /// (or for the client to give up: then `None`).
+    async fn next_item(&mut self) -> Option<StreamItem> {
+        loop {
+            let state = self.link.borrow_and_update().clone();
+            if let LinkState::Up(link) = state
+                && let Ok(item) = link.next_item(&mut self.items).await
+            {
+                return item;
+            }
+            tokio::select! {
+                item = self.items.recv() => return item,
+                changed = self.link.changed() => if changed.is_err() {
+                    return self.items.recv().await;
+                },
+            }
+        }
+    }
 }
 
 impl<Io: FrameIo + 'static> Drop for StreamConsumer<Io> {
     fn drop(&mut self) {
-        if !self.done {
+        if let Some(route) = self.streams.remove(self.key)
+            && !self.done
+            && let LinkState::Up(link) = &*self.link.borrow()
+        {
             // The caller stopped reading: stop the stream at the server.
-            self.link.clone().cancel(self.call_id, self.cancel_encoding);
+            link.clone().cancel(route.call_id, self.cancel_encoding);
         }
     }
 }
@@ -413,7 +611,9 @@ pub(crate) struct Multiplexed<C: Connector> {
     config: ClientConfig,
     peer: String,
     link: watch::Receiver<LinkState<C::Io>>,
-    next_call_id: AtomicU64,
+    /// Shared with the supervisor, which numbers the `streamResume`s it sends.
+    next_call_id: Arc<AtomicU64>,
+    streams: Arc<StreamTable>,
     in_flight: Semaphore,
     closed: CancellationToken,
 }
@@ -432,23 +632,27 @@ impl<C: Connector> Multiplexed<C> {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         // The first link is up before `connect` returns: calls made right away must not wait for
         // the supervisor task (waking waiters would lose the order the calls were made in).
-        let link = Link::new(io);
+        let streams = Arc::new(StreamTable::default());
+        let link = Link::new(io, streams.clone());
         let (state, watched) = watch::channel(LinkState::Up(link.clone()));
         let closed = CancellationToken::new();
         let peer = connector.peer().to_owned();
+        let next_call_id = Arc::new(AtomicU64::new(1));
         tokio::spawn(supervise(
             connector,
             link,
             state,
             config.clone(),
             closed.clone(),
+            next_call_id.clone(),
         ));
         Ok(Multiplexed {
             in_flight: Semaphore::new(config.max_in_flight.max(1)),
             config,
             peer,
             link: watched,
-            next_call_id: AtomicU64::new(1),
+            next_call_id,
+            streams,
             closed,
         })
     }
@@ -492,10 +696,18 @@ impl<C: Connector> Multiplexed<C> {
         actor_id: &str,
         method: &str,
         args: Payload,
+        is_stream: bool,
     ) -> Result<(Arc<Link<C::Io>>, u64, Answer), RemoteError> {
         let deadline = Instant::now() + self.config.call_timeout;
         let call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
         let metadata = self.config.outgoing_metadata();
+        let stream = is_stream.then(|| {
+            Arc::new(StreamCall {
+                actor_id: actor_id.to_owned(),
+                method: method.to_owned(),
+                args: args.clone(),
+            })
+        });
         let envelope = Envelope::Invocation(Invocation {
             call_id,
             actor_id: actor_id.to_owned(),
@@ -529,7 +741,7 @@ impl<C: Connector> Multiplexed<C> {
                 Err(()) => dead = Some(link),
             }
         };
-        let answer = link.expect(call_id).ok_or_else(|| self.lost())?;
+        let answer = link.expect(call_id, stream).ok_or_else(|| self.lost())?;
         match timeout_at(deadline, link.send(frame)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
@@ -553,7 +765,7 @@ impl<C: Connector> Multiplexed<C> {
     }
 
     async fn call(&self, actor_id: &str, method: &str, args: Payload) -> Outcome {
-        match self.exchange(actor_id, method, args).await? {
+        match self.exchange(actor_id, method, args, false).await? {
             (_, _, Answer::Value(outcome)) => outcome,
             (link, call_id, Answer::Stream(_)) => {
                 self.send_cancel(&link, call_id);
@@ -570,14 +782,14 @@ impl<C: Connector> Multiplexed<C> {
         method: &str,
         args: Payload,
     ) -> Result<PayloadStream, RemoteError> {
-        match self.exchange(actor_id, method, args).await? {
-            (link, call_id, Answer::Stream(items)) => {
+        match self.exchange(actor_id, method, args, true).await? {
+            (_, call_id, Answer::Stream(items)) => {
                 let consumer = StreamConsumer {
-                    link,
+                    link: self.link.clone(),
+                    streams: self.streams.clone(),
                     items,
-                    call_id,
+                    key: call_id,
                     cancel_encoding: self.config.encoding,
-                    last_sequence: 0,
                     done: false,
                 };
                 Ok(
@@ -706,18 +918,34 @@ async fn supervise<C: Connector>(
     state: watch::Sender<LinkState<C::Io>>,
     config: ClientConfig,
     closed: CancellationToken,
+    call_ids: Arc<AtomicU64>,
 ) {
+    let streams = first.streams.clone();
     let mut first = Some(first);
     loop {
         let link = match first.take() {
             Some(link) => link,
             None => match reconnect(&connector, &config, &closed).await {
                 Some(io) => {
-                    let link = Link::new(io);
+                    let link = Link::new(io, streams.clone());
+                    // Open streams continue where they were; nobody reads this link before it
+                    // is published, so the answers wait in the socket until then.
+                    for resume in streams.resumes(&call_ids, &config) {
+                        let envelope = Envelope::StreamResume(resume);
+                        match codec::encode(&envelope, config.encoding) {
+                            Ok(frame) => {
+                                if link.send(frame).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(error) => tracing::warn!(%error, "cannot encode a streamResume"),
+                        }
+                    }
                     state.send_replace(LinkState::Up(link.clone()));
                     link
                 }
                 None => {
+                    streams.close();
                     state.send_replace(LinkState::Closed);
                     return;
                 }
@@ -727,10 +955,11 @@ async fn supervise<C: Connector>(
             _ = closed.cancelled() => false,
             _ = link.broken.cancelled() => true,
         };
-        // Every caller still waiting on this link learns it is gone (their reply is dropped).
+        // Every caller still waiting on this link learns it is gone (their reply is dropped);
+        // streams wait for the next link.
         lock(&link.pending).take();
-        lock(&link.streams).clear();
         if !lost {
+            streams.close();
             state.send_replace(LinkState::Closed);
             let _ = link.writer.lock().await.close().await;
             return;

@@ -147,6 +147,14 @@ pub struct StreamResume {
     pub method: String,
     /// The arguments of the original call.
     pub args: Payload,
+    /// The call the continued (or restarted) stream belongs to on this connection: its `cancel`
+    /// and, when the stream is restarted, its `streamStart` carry it. An extension of the
+    /// contract, optional: without it the server uses the stream's original `callId` (0 for a
+    /// restarted stream).
+    pub call_id: Option<u64>,
+    /// Metadata for the middleware when the stream has to be restarted (an extension, like
+    /// `callId`; empty when absent).
+    pub metadata: Metadata,
 }
 
 /// A request to stop the call `call_id`.

@@ -51,6 +51,60 @@ impl<T> fmt::Debug for ActorStream<T> {
     }
 }
 
+/// Items of a stream may have been missed: what a caller's [`ActorStream`] yields (inside an
+/// `unavailable` error, see [`RemoteError::stream_gap`]) when the connection was lost and the
+/// stream could not be continued where it stopped.
+///
+/// The client resumes every open stream after a reconnect (`streamResume`) and the server replays
+/// what it still holds, so usually nothing is missed and no gap is reported. When the server's
+/// replay buffer no longer reaches back (or the server no longer knows the stream, e.g. after a
+/// restart), it restarts the stream with the same call; the caller then gets this gap, and after
+/// it the restarted stream's items. A gap in the sequence numbers themselves is reported the same
+/// way. Unlike other errors, a gap does not end the stream.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamGap {
+    /// The last sequence number received before the gap (of the stream as it was before).
+    pub last_sequence: u64,
+    /// The first sequence number received after the gap, when it is of the same stream; `None`
+    /// when the stream was restarted (its numbering starts again at 1).
+    pub resumed_at: Option<u64>,
+}
+
+impl StreamGap {
+    const DATA_FIELD: &'static str = "streamGap";
+
+    /// The `unavailable` error that carries this gap.
+    pub fn into_error(self) -> RemoteError {
+        let message = match self.resumed_at {
+            Some(next) => format!(
+                "stream gap: item {next} came after item {}; the items between were missed",
+                self.last_sequence
+            ),
+            None => format!(
+                "stream gap: the connection was lost after item {} and the stream could not be \
+                 continued; it was restarted, items in between may have been missed",
+                self.last_sequence
+            ),
+        };
+        let data = serde_json::json!({ Self::DATA_FIELD: self });
+        let mut error = RemoteError::unavailable(message);
+        error.data = Payload::encode(&data, Encoding::Json).ok();
+        error
+    }
+}
+
+impl RemoteError {
+    /// The [`StreamGap`] this error reports, if it is one (a stream goes on after a gap).
+    pub fn stream_gap(&self) -> Option<StreamGap> {
+        if self.code != crate::protocol::ErrorCode::Unavailable {
+            return None;
+        }
+        let data: serde_json::Value = self.data.as_ref()?.decode().ok()?;
+        serde_json::from_value(data.get(StreamGap::DATA_FIELD)?.clone()).ok()
+    }
+}
+
 /// A stream of serialized items, as it travels on the wire.
 pub type PayloadStream = BoxStream<'static, Result<Payload, RemoteError>>;
 

@@ -126,17 +126,23 @@ fn envelope(encoding: Encoding) -> impl Strategy<Value = Envelope> {
         id.prop_map(|stream_id| Envelope::StreamEnd(StreamEnd { stream_id })),
         (id, remote_error(encoding))
             .prop_map(|(stream_id, error)| Envelope::StreamError(StreamError { stream_id, error })),
-        (id, any::<u64>(), id, id, args(encoding)).prop_map(
-            |(stream_id, last_sequence, actor_id, method, args)| {
-                Envelope::StreamResume(StreamResume {
-                    stream_id,
-                    last_sequence,
-                    actor_id,
-                    method,
-                    args,
-                })
-            }
-        ),
+        (
+            (id, any::<u64>(), id, id, args(encoding)),
+            (proptest::option::of(any::<u64>()), metadata())
+        )
+            .prop_map(
+                |((stream_id, last_sequence, actor_id, method, args), (call_id, metadata))| {
+                    Envelope::StreamResume(StreamResume {
+                        stream_id,
+                        last_sequence,
+                        actor_id,
+                        method,
+                        args,
+                        call_id,
+                        metadata,
+                    })
+                }
+            ),
         any::<u64>().prop_map(|call_id| Envelope::Cancel(Cancel { call_id })),
     ]
 }

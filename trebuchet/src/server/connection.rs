@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures_util::future::{AbortHandle, Abortable, Aborted};
-use futures_util::stream::{BoxStream, FuturesUnordered, SelectAll};
+use futures_util::future::{AbortHandle, Abortable, Aborted, BoxFuture};
+use futures_util::stream::{FuturesUnordered, SelectAll};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -18,11 +18,12 @@ use tower_service::Service;
 
 use crate::codec::{self, encode_or_internal};
 use crate::protocol::{
-    Encoding, Envelope, ErrorCode, Payload, RemoteError, Response, StreamData, StreamEnd,
-    StreamError, StreamStart,
+    Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response, StreamData,
+    StreamEnd, StreamError, StreamResume, StreamStart,
 };
+use crate::server::streams::{Handover, Producer, Pump, StreamEvent, StreamRegistry};
 use crate::server::{Call, ConnectionInfo, ServerConfig};
-use crate::stream::{PayloadStream, Reply};
+use crate::stream::Reply;
 use crate::transport::{FrameError, FrameIo};
 
 type Outcome = Result<Payload, RemoteError>;
@@ -31,54 +32,25 @@ type Outcome = Result<Payload, RemoteError>;
 /// `unavailable`.
 const MAX_STREAMS_PER_CONNECTION: usize = 1024;
 
-/// What happens next on an open stream.
-enum StreamEvent {
-    Data { sequence_number: u64, data: Payload },
-    Failed(RemoteError),
-    End,
-}
-
-/// An open stream as the connection loop polls it: `(callId, streamId, encoding, event)`.
-type Pump = Abortable<BoxStream<'static, (u64, Arc<str>, Encoding, StreamEvent)>>;
-
 struct OpenStream {
     stream_id: Arc<str>,
     encoding: Encoding,
-    abort: AbortHandle,
 }
 
-/// Numbers a stream's items 1, 2, 3… and ends it after its first error.
-fn pump(
-    call_id: u64,
-    stream_id: Arc<str>,
-    encoding: Encoding,
-    items: PayloadStream,
-) -> (Pump, AbortHandle) {
-    let events = futures_util::stream::unfold(Some((items, 0u64)), |state| async move {
-        let (mut items, sequence_number) = state?;
-        Some(match items.next().await {
-            Some(Ok(data)) => {
-                let sequence_number = sequence_number + 1;
-                (
-                    StreamEvent::Data {
-                        sequence_number,
-                        data,
-                    },
-                    Some((items, sequence_number)),
-                )
-            }
-            Some(Err(error)) => (StreamEvent::Failed(error), None),
-            None => (StreamEvent::End, None),
-        })
-    })
-    .map(move |event| (call_id, stream_id.clone(), encoding, event))
-    .boxed();
-    let (abort, registration) = AbortHandle::new_pair();
-    (Abortable::new(events, registration), abort)
-}
+/// A `streamResume` being served: the stream taken over from wherever it was (`None`: this
+/// server does not have it any more).
+type Resumption = BoxFuture<'static, (StreamResume, Encoding, Option<Box<Producer>>)>;
 
+/// A stream id: a version 4 UUID from the operating system's random source, since whoever knows
+/// the id of a stream can resume it.
 fn new_stream_id() -> Arc<str> {
-    let (high, low) = (fastrand::u64(..), fastrand::u64(..));
+    let mut random = [0u8; 16];
+    if getrandom::fill(&mut random).is_err() {
+        // No OS randomness (never seen in practice): ids stay unique, only less secret.
+        random = ((u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..))).to_le_bytes();
+    }
+    let value = u128::from_le_bytes(random);
+    let (high, low) = ((value >> 64) as u64, value as u64);
     Arc::from(format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
         high >> 32,
@@ -110,12 +82,15 @@ pub(crate) enum Ending {
 /// Serves one connection until the peer leaves, the framing breaks, or `shutdown` fires (then the
 /// calls in flight get up to `config.shutdown_grace` to finish and send their answers).
 /// `first_encoding` is for errors about frames before any readable one: JSON on WebSocket (what
-/// any client can read), bincode on TCP (the only encoding there).
+/// any client can read), bincode on TCP (the only encoding there). Streams still open when the
+/// peer leaves are parked in `registry`, for the client to resume on another connection.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_connection<Io, S>(
     mut io: Io,
     mut service: S,
     connection: Arc<ConnectionInfo>,
     config: ServerConfig,
+    registry: Arc<StreamRegistry>,
     shutdown: CancellationToken,
     first_encoding: Encoding,
 ) -> Ending
@@ -128,17 +103,18 @@ where
     let mut aborts: HashMap<u64, AbortHandle> = HashMap::new();
     let mut streams: SelectAll<Pump> = SelectAll::new();
     let mut open_streams: HashMap<u64, OpenStream> = HashMap::new();
+    let mut resumptions: FuturesUnordered<Resumption> = FuturesUnordered::new();
+    let (handovers, mut handover_requests) = tokio::sync::mpsc::unbounded_channel::<Handover>();
     // Errors about frames that say nothing of their encoding are sent in the last one seen
     // (before any, in the transport's own).
     let mut reply_encoding = first_encoding;
     let grace = tokio::time::sleep(config.shutdown_grace);
     tokio::pin!(grace);
     let mut draining = false;
-    let mut ending = Ending::Closed;
 
-    loop {
+    let ending = 'serve: loop {
         if draining && in_flight.is_empty() {
-            break;
+            break Ending::Closed;
         }
         tokio::select! {
             biased;
@@ -153,44 +129,96 @@ where
                         send_response(&mut io, Some(call_id), Err(error), encoding, &config).await
                     }
                     Ok(Reply::Stream(_)) if open_streams.len() >= MAX_STREAMS_PER_CONNECTION => {
-                        let error = RemoteError::unavailable(format!(
-                            "this connection already has {MAX_STREAMS_PER_CONNECTION} open streams"
-                        ));
-                        send_response(&mut io, Some(call_id), Err(error), encoding, &config).await
+                        send_response(&mut io, Some(call_id), Err(too_many_streams()), encoding, &config).await
                     }
                     Ok(Reply::Stream(items)) => {
                         let stream_id = new_stream_id();
                         let start = Envelope::StreamStart(StreamStart { call_id, stream_id: stream_id.to_string() });
-                        let (events, abort) = pump(call_id, stream_id.clone(), encoding, items);
-                        streams.push(events);
-                        open_streams.insert(call_id, OpenStream { stream_id, encoding, abort });
+                        let producer = registry.open(stream_id.clone(), call_id, items, &handovers);
+                        streams.push(Pump::new(stream_id.clone(), call_id, encoding, producer, registry.clone()));
+                        open_streams.insert(call_id, OpenStream { stream_id, encoding });
                         send_envelope(&mut io, &start, encoding).await
                     }
                     Ok(Reply::Value(result)) => send_response(&mut io, Some(call_id), Ok(result), encoding, &config).await,
                     Err(error) => send_response(&mut io, Some(call_id), Err(error), encoding, &config).await,
                 };
                 if sent.is_err() {
-                    return Ending::Closed;
+                    break Ending::Closed;
+                }
+            }
+            Some(request) = handover_requests.recv() => {
+                // A client resumed one of our streams on another connection: it has left this one.
+                hand_over(request, &mut streams, &mut open_streams);
+            }
+            Some((resume, encoding, producer)) = resumptions.next(), if !resumptions.is_empty() => {
+                let call_id = resume.call_id.or(producer.as_ref().map(|producer| producer.original_call_id)).unwrap_or(0);
+                if aborts.contains_key(&call_id) || open_streams.contains_key(&call_id) {
+                    let error = RemoteError::bad_request(format!("callId {call_id} is already in flight on this connection"));
+                    if let Some(producer) = producer {
+                        registry.park(Arc::from(resume.stream_id.as_str()), producer);
+                    }
+                    if send_stream_error(&mut io, &resume.stream_id, error, encoding).await.is_err() {
+                        break Ending::Closed;
+                    }
+                    continue;
+                }
+                let producer = producer.filter(|_| !draining).and_then(|mut producer| {
+                    producer.resume_after(resume.last_sequence).then_some(producer)
+                });
+                match producer {
+                    Some(producer) => {
+                        if open_streams.len() >= MAX_STREAMS_PER_CONNECTION {
+                            registry.park(Arc::from(resume.stream_id.as_str()), producer);
+                            if send_stream_error(&mut io, &resume.stream_id, too_many_streams(), encoding).await.is_err() {
+                                break Ending::Closed;
+                            }
+                            continue;
+                        }
+                        tracing::debug!(stream_id = %resume.stream_id, last_sequence = resume.last_sequence, "stream resumed");
+                        let stream_id: Arc<str> = Arc::from(resume.stream_id.as_str());
+                        registry.attach(stream_id.clone(), &handovers);
+                        streams.push(Pump::new(stream_id.clone(), call_id, encoding, producer, registry.clone()));
+                        open_streams.insert(call_id, OpenStream { stream_id, encoding });
+                    }
+                    _ if draining => {
+                        let error = RemoteError::unavailable("the server is shutting down");
+                        if send_stream_error(&mut io, &resume.stream_id, error, encoding).await.is_err() {
+                            break Ending::Closed;
+                        }
+                    }
+                    _ => {
+                        // Not here any more, or the replay buffer no longer reaches back: start
+                        // the stream afresh with the same call (the client reports the gap).
+                        tracing::debug!(stream_id = %resume.stream_id, last_sequence = resume.last_sequence, "stream restarted: cannot resume it");
+                        let invocation = Invocation {
+                            call_id,
+                            actor_id: resume.actor_id,
+                            method: resume.method,
+                            args: resume.args,
+                            metadata: resume.metadata,
+                        };
+                        start_call(&mut service, invocation, encoding, &connection, &mut aborts, &mut in_flight).await;
+                    }
                 }
             }
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 grace.as_mut().reset(tokio::time::Instant::now() + config.shutdown_grace);
                 // Streams may never end by themselves: end them now, telling their clients why.
+                for pump in streams.iter_mut() {
+                    drop(pump.take_producer());
+                }
                 for (_, open) in open_streams.drain() {
-                    open.abort.abort();
-                    let failure = Envelope::StreamError(StreamError {
-                        stream_id: open.stream_id.to_string(),
-                        error: RemoteError::unavailable("the server is shutting down"),
-                    });
-                    if send_envelope(&mut io, &failure, open.encoding).await.is_err() {
-                        return Ending::Closed;
+                    registry.close(&open.stream_id);
+                    let error = RemoteError::unavailable("the server is shutting down");
+                    if send_stream_error(&mut io, &open.stream_id, error, open.encoding).await.is_err() {
+                        break 'serve Ending::Closed;
                     }
                 }
             }
             _ = &mut grace, if draining => {
                 tracing::warn!(calls = in_flight.len(), "shutdown grace period over; dropping calls in flight");
-                break;
+                break Ending::Closed;
             }
             frame = io.next(), if !draining && in_flight.len() < config.max_in_flight_per_connection => {
                 let frame = match frame {
@@ -201,14 +229,13 @@ where
                             format!("frame of {size} bytes exceeds the limit of {max} bytes"),
                         );
                         let _ = send_response(&mut io, None, Err(error), reply_encoding, &config).await;
-                        ending = Ending::DrainInput;
-                        break;
+                        break Ending::DrainInput;
                     }
                     Some(Err(error)) => {
                         tracing::debug!(%error, "connection failed");
-                        return Ending::Closed;
+                        break Ending::Closed;
                     }
-                    None => return Ending::Closed,
+                    None => break Ending::Closed,
                 };
                 reply_encoding = frame.encoding;
                 let envelope = match codec::decode(&frame) {
@@ -217,7 +244,7 @@ where
                         tracing::debug!(%error, "malformed frame");
                         let outcome = Err(error.to_remote_error());
                         if send_response(&mut io, error.call_id, outcome, frame.encoding, &config).await.is_err() {
-                            return Ending::Closed;
+                            break Ending::Closed;
                         }
                         continue;
                     }
@@ -228,19 +255,11 @@ where
                         if aborts.contains_key(&call_id) || open_streams.contains_key(&call_id) {
                             let error = RemoteError::bad_request(format!("callId {call_id} is already in flight on this connection"));
                             if send_response(&mut io, Some(call_id), Err(error), frame.encoding, &config).await.is_err() {
-                                return Ending::Closed;
+                                break Ending::Closed;
                             }
                             continue;
                         }
-                        let call = Call::new(invocation, connection.clone());
-                        let future = match service.ready().await {
-                            Ok(service) => service.call(call).boxed(),
-                            Err(error) => std::future::ready(Err(error)).boxed(),
-                        };
-                        let (abort, registration) = AbortHandle::new_pair();
-                        aborts.insert(call_id, abort);
-                        let encoding = frame.encoding;
-                        in_flight.push(Abortable::new(future, registration).map(move |outcome| (call_id, encoding, outcome)));
+                        start_call(&mut service, invocation, frame.encoding, &connection, &mut aborts, &mut in_flight).await;
                     }
                     Envelope::Cancel(cancel) => {
                         if let Some(abort) = aborts.remove(&cancel.call_id) {
@@ -248,17 +267,19 @@ where
                         }
                         // A cancelled stream is dropped: its producer sees that and stops.
                         if let Some(open) = open_streams.remove(&cancel.call_id) {
-                            open.abort.abort();
+                            registry.close(&open.stream_id);
+                            for pump in streams.iter_mut().filter(|pump| pump.call_id == cancel.call_id) {
+                                drop(pump.take_producer());
+                            }
                         }
                     }
                     Envelope::StreamResume(resume) => {
-                        let failure = Envelope::StreamError(StreamError {
-                            stream_id: resume.stream_id.clone(),
-                            error: RemoteError::bad_request(format!("no stream '{}' to resume on this server", resume.stream_id)),
-                        });
-                        if send_envelope(&mut io, &failure, frame.encoding).await.is_err() {
-                            return Ending::Closed;
-                        }
+                        let registry = registry.clone();
+                        let encoding = frame.encoding;
+                        resumptions.push(Box::pin(async move {
+                            let producer = registry.take(&resume.stream_id).await;
+                            (resume, encoding, producer)
+                        }));
                     }
                     other => {
                         let call_id = match &other {
@@ -268,7 +289,7 @@ where
                         };
                         let error = RemoteError::bad_request(format!("a client may not send '{}' envelopes", other.kind()));
                         if send_response(&mut io, call_id, Err(error), frame.encoding, &config).await.is_err() {
-                            return Ending::Closed;
+                            break Ending::Closed;
                         }
                     }
                 }
@@ -284,7 +305,7 @@ where
                 while let Some((call_id, stream_id, encoding, event)) = next.take() {
                     let envelope = stream_envelope(call_id, &stream_id, event, &mut open_streams);
                     if io.feed(encode_or_internal(&envelope, encoding)).await.is_err() {
-                        return Ending::Closed;
+                        break 'serve Ending::Closed;
                     }
                     written += 1;
                     if written < STREAM_WRITE_BATCH {
@@ -292,13 +313,84 @@ where
                     }
                 }
                 if io.flush().await.is_err() {
-                    return Ending::Closed;
+                    break Ending::Closed;
                 }
             }
         }
+    };
+    // The streams of a client that went away wait for it to resume them elsewhere.
+    for mut pump in streams {
+        if let Some(producer) = pump.take_producer() {
+            registry.park(pump.stream_id.clone(), producer);
+        }
+    }
+    // So do those a client resumed here while this connection was ending.
+    while let Some(request) = handover_requests.try_recv().ok() {
+        drop(request);
     }
     let _ = io.close().await;
     ending
+}
+
+fn too_many_streams() -> RemoteError {
+    RemoteError::unavailable(format!(
+        "this connection already has {MAX_STREAMS_PER_CONNECTION} open streams"
+    ))
+}
+
+/// Starts a call through the service; its answer comes out of `in_flight`.
+async fn start_call<S>(
+    service: &mut S,
+    invocation: Invocation,
+    encoding: Encoding,
+    connection: &Arc<ConnectionInfo>,
+    aborts: &mut HashMap<u64, AbortHandle>,
+    in_flight: &mut FuturesUnordered<InFlight>,
+) where
+    S: Service<Call, Response = Reply, Error = RemoteError> + Send,
+    S::Future: Send + 'static,
+{
+    let call_id = invocation.call_id;
+    let call = Call::new(invocation, connection.clone());
+    let future = match service.ready().await {
+        Ok(service) => service.call(call).boxed(),
+        Err(error) => std::future::ready(Err(error)).boxed(),
+    };
+    let (abort, registration) = AbortHandle::new_pair();
+    aborts.insert(call_id, abort);
+    in_flight.push(
+        Abortable::new(future, registration)
+            .map(move |outcome| (call_id, encoding, outcome))
+            .boxed(),
+    );
+}
+
+/// A call in flight: its `callId`, the encoding to answer in, and its outcome (`Err(Aborted)`
+/// when the client cancelled it).
+type InFlight = BoxFuture<'static, (u64, Encoding, Result<Result<Reply, RemoteError>, Aborted>)>;
+
+/// Gives the stream `request` asks for to the connection that asked (if this one still pumps it).
+fn hand_over(
+    request: Handover,
+    streams: &mut SelectAll<Pump>,
+    open_streams: &mut HashMap<u64, OpenStream>,
+) {
+    let Some(pump) = streams
+        .iter_mut()
+        .find(|pump| pump.stream_id == request.stream_id)
+    else {
+        return;
+    };
+    let Some(producer) = pump.take_producer() else {
+        return;
+    };
+    match request.reply.send(producer) {
+        Ok(()) => {
+            open_streams.remove(&pump.call_id);
+        }
+        // The resuming side gave up waiting: keep pumping it here.
+        Err(producer) => pump.restore_producer(producer),
+    }
 }
 
 /// How many stream items are written before a flush.
@@ -307,7 +399,7 @@ const STREAM_WRITE_BATCH: usize = 64;
 /// The envelope for one stream event; an ended stream is no longer open.
 fn stream_envelope(
     call_id: u64,
-    stream_id: &str,
+    stream_id: &Arc<str>,
     event: StreamEvent,
     open_streams: &mut HashMap<u64, OpenStream>,
 ) -> Envelope {
@@ -316,25 +408,39 @@ fn stream_envelope(
             sequence_number,
             data,
         } => Envelope::StreamData(StreamData {
-            stream_id: stream_id.to_owned(),
+            stream_id: stream_id.to_string(),
             sequence_number,
             data,
             timestamp: now_millis(),
         }),
         StreamEvent::Failed(error) => {
+            // (The pump has parked the ended stream in the registry, for replay.)
             open_streams.remove(&call_id);
             Envelope::StreamError(StreamError {
-                stream_id: stream_id.to_owned(),
+                stream_id: stream_id.to_string(),
                 error,
             })
         }
         StreamEvent::End => {
             open_streams.remove(&call_id);
             Envelope::StreamEnd(StreamEnd {
-                stream_id: stream_id.to_owned(),
+                stream_id: stream_id.to_string(),
             })
         }
     }
+}
+
+async fn send_stream_error<Io: FrameIo>(
+    io: &mut Io,
+    stream_id: &str,
+    error: RemoteError,
+    encoding: Encoding,
+) -> Result<(), FrameError> {
+    let failure = Envelope::StreamError(StreamError {
+        stream_id: stream_id.to_owned(),
+        error,
+    });
+    send_envelope(io, &failure, encoding).await
 }
 
 /// Sends the answer to `call_id`; a result over the frame limit is replaced by a

@@ -23,6 +23,10 @@ use crate::stream::Reply;
 use crate::system::ActorSystem;
 
 pub(crate) mod connection;
+pub(crate) mod streams;
+
+pub use streams::ReplayConfig;
+use streams::StreamRegistry;
 
 /// Accepts connections on `listener` until shutdown, handing each socket to `serve_socket` (the
 /// transport's handshake and framing) on a task of its own. Shared by every network transport.
@@ -35,7 +39,14 @@ pub(crate) fn listen<S, F, Fut>(
 ) -> std::io::Result<ServerHandle>
 where
     S: Clone + Send + 'static,
-    F: Fn(tokio::net::TcpStream, SocketAddr, S, ServerConfig, CancellationToken) -> Fut
+    F: Fn(
+            tokio::net::TcpStream,
+            SocketAddr,
+            S,
+            ServerConfig,
+            Arc<StreamRegistry>,
+            CancellationToken,
+        ) -> Fut
         + Send
         + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -43,6 +54,7 @@ where
     let local_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let connections = TaskTracker::new();
+    let registry = StreamRegistry::new(config.stream_replay.clone());
     let accept_loop = {
         let (shutdown, connections, config) =
             (shutdown.clone(), connections.clone(), config.clone());
@@ -59,6 +71,7 @@ where
                             peer_addr,
                             service.clone(),
                             config.clone(),
+                            registry.clone(),
                             shutdown.child_token(),
                         ));
                     }
@@ -177,6 +190,8 @@ pub struct ServerConfig {
     /// On shutdown, how long calls in flight may take to finish before connections are dropped
     /// (default 10 s).
     pub shutdown_grace: Duration,
+    /// What the server keeps of each stream so that a client can resume it after a reconnect.
+    pub stream_replay: ReplayConfig,
 }
 
 impl Default for ServerConfig {
@@ -186,6 +201,7 @@ impl Default for ServerConfig {
             max_in_flight_per_connection: 1024,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            stream_replay: ReplayConfig::default(),
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::codec::Frame;
 use crate::multiplex::{Connector, Pool};
 use crate::protocol::{Encoding, PROTOCOL_VERSION, RemoteError, decode_bincode};
 use crate::server::connection::{Ending, serve_connection};
+use crate::server::streams::StreamRegistry;
 use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
 use crate::stream::Reply;
 use crate::transport::FrameError;
@@ -204,6 +205,7 @@ async fn serve_socket<S>(
     peer_addr: SocketAddr,
     service: S,
     config: ServerConfig,
+    registry: Arc<StreamRegistry>,
     shutdown: CancellationToken,
 ) where
     S: Service<Call, Response = Reply, Error = RemoteError> + Send + 'static,
@@ -232,6 +234,7 @@ async fn serve_socket<S>(
         service,
         connection,
         config,
+        registry,
         shutdown,
         Encoding::Bincode,
     )

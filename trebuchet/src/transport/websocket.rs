@@ -26,6 +26,7 @@ use crate::codec::Frame;
 use crate::multiplex::{Connector, Pool};
 use crate::protocol::{Encoding, RemoteError};
 use crate::server::connection::{Ending, serve_connection};
+use crate::server::streams::StreamRegistry;
 use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
 use crate::stream::Reply;
 use crate::transport::FrameError;
@@ -175,6 +176,7 @@ async fn serve_socket<S>(
     peer_addr: SocketAddr,
     service: S,
     config: ServerConfig,
+    registry: Arc<StreamRegistry>,
     shutdown: CancellationToken,
 ) where
     S: Service<Call, Response = Reply, Error = RemoteError> + Send + 'static,
@@ -217,6 +219,7 @@ async fn serve_socket<S>(
         service,
         connection,
         config,
+        registry,
         shutdown,
         Encoding::Json,
     )

@@ -1,0 +1,240 @@
+//! Streams survive lost connections: the client resumes them on the next connection and the
+//! server replays what was missed (docs/PROTOCOL.md, "Streams"). The chaos tests put a proxy
+//! between client and server that cuts every connection each time the consumer has read 100
+//! more items.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::proxy::CuttingProxy;
+use common::{Probe, ProbeActor, ProbeClient};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use trebuchet::client::ReconnectPolicy;
+use trebuchet::{
+    ActorSystem, ClientConfig, Encoding, ServerConfig, ServerHandle, Transport,
+};
+
+#[derive(Clone, Copy, Debug)]
+enum Wire {
+    WebSocketBincode,
+    WebSocketJson,
+    Tcp,
+}
+
+async fn serve(wire: Wire, config: ServerConfig) -> (ActorSystem, ServerHandle) {
+    let system = ActorSystem::new();
+    system
+        .expose("probe", ProbeActor::default().into_actor())
+        .unwrap();
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let server = match wire {
+        Wire::Tcp => trebuchet::transport::tcp::serve(addr, system.service(), config).await,
+        _ => trebuchet::transport::websocket::serve(addr, system.service(), config).await,
+    }
+    .unwrap();
+    (system, server)
+}
+
+/// A client of `server` through `proxy`, reconnecting quickly.
+async fn client_through(wire: Wire, system: &ActorSystem, proxy: &CuttingProxy) -> ProbeClient {
+    let mut config = ClientConfig::default();
+    config.encoding = match wire {
+        Wire::WebSocketJson => Encoding::Json,
+        _ => Encoding::Bincode,
+    };
+    config.reconnect = ReconnectPolicy::default();
+    config.reconnect.initial_backoff = Duration::from_millis(5);
+    config.reconnect.max_backoff = Duration::from_millis(50);
+    let transport = match wire {
+        Wire::Tcp => Transport::Tcp(proxy.addr().to_string()),
+        _ => Transport::WebSocket(format!("ws://{}/", proxy.addr())),
+    };
+    let client = system.connect_with(transport, config).await.unwrap();
+    // The client lives as long as the returned actor handle does.
+    client.actor("probe")
+}
+
+/// 10,000 items through a proxy that cuts the connection every 100 items: all arrive, in order,
+/// each once, and no gap is reported.
+async fn ten_thousand_items_survive_a_cut_every_hundred(wire: Wire) {
+    let (system, server) = serve(wire, ServerConfig::default()).await;
+    let proxy = CuttingProxy::start(server.local_addr()).await;
+    let probe = client_through(wire, &system, &proxy).await;
+    let mut stream = probe.count_up(10_000).await.unwrap();
+    let mut received = Vec::with_capacity(10_000);
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("the stream stalled")
+    {
+        let item = item.unwrap_or_else(|error| {
+            panic!("after item {:?}: {error}", received.last())
+        });
+        received.push(item);
+        if received.len() % 100 == 0 {
+            proxy.cut();
+        }
+    }
+    assert_eq!(received.len(), 10_000, "lost or duplicated items");
+    assert!(
+        received.iter().copied().eq(1..=10_000u64),
+        "items out of order"
+    );
+    assert!(
+        proxy.connections() >= 50,
+        "the proxy should have cut the stream's connection many times, saw {} connections",
+        proxy.connections()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_over_tcp() {
+    ten_thousand_items_survive_a_cut_every_hundred(Wire::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_over_websocket() {
+    ten_thousand_items_survive_a_cut_every_hundred(Wire::WebSocketBincode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_over_websocket_json() {
+    ten_thousand_items_survive_a_cut_every_hundred(Wire::WebSocketJson).await;
+}
+
+/// A server that keeps nothing to replay restarts a resumed stream: the consumer gets a
+/// `StreamGap` error, then the restarted stream's items (`count_up` counts from 1 again).
+async fn a_stream_that_cannot_be_replayed_reports_a_gap_and_restarts(wire: Wire) {
+    let mut config = ServerConfig::default();
+    config.stream_replay.max_items = 0;
+    let (system, server) = serve(wire, config).await;
+    let proxy = CuttingProxy::start(server.local_addr()).await;
+    let probe = client_through(wire, &system, &proxy).await;
+    let mut stream = probe.count_up(1_000_000).await.unwrap();
+    for expected in 1..=10u64 {
+        assert_eq!(stream.next().await.unwrap().unwrap(), expected);
+    }
+    proxy.cut();
+    // Items already on their way before the cut may still arrive; then the gap.
+    let mut last = 10;
+    let gap = loop {
+        match stream.next().await.expect("the stream ended") {
+            Ok(item) => {
+                assert_eq!(item, last + 1, "a gap went unreported");
+                last = item;
+            }
+            Err(error) => {
+                break error
+                    .stream_gap()
+                    .unwrap_or_else(|| panic!("not a gap: {error}"));
+            }
+        }
+    };
+    assert_eq!(gap.resumed_at, None, "the stream was restarted");
+    assert!(gap.last_sequence >= 10, "{gap:?}");
+    // The stream goes on: the restarted count starts again.
+    assert_eq!(stream.next().await.unwrap().unwrap(), 1);
+    assert_eq!(stream.next().await.unwrap().unwrap(), 2);
+    drop(stream);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn gap_and_restart_over_tcp() {
+    a_stream_that_cannot_be_replayed_reports_a_gap_and_restarts(Wire::Tcp).await;
+}
+
+#[tokio::test]
+async fn gap_and_restart_over_websocket() {
+    a_stream_that_cannot_be_replayed_reports_a_gap_and_restarts(Wire::WebSocketBincode).await;
+}
+
+async fn ws_json(url: &str) -> tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+> {
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+async fn next_json(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> serde_json::Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("no answer")
+            .expect("connection closed")
+            .unwrap();
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+/// The protocol as a non-Rust client speaks it, in JSON: a stream resumed on a new connection
+/// continues after `lastSequence` with the same `streamId`; one the server does not know is
+/// started afresh with a new `streamId` under the resume's `callId`.
+#[tokio::test]
+async fn stream_resume_in_json_continues_or_restarts() {
+    let (_system, server) = serve(Wire::WebSocketJson, ServerConfig::default()).await;
+    let mut first = ws_json(server.url()).await;
+    let invocation = r#"{"type":"invocation","callId":1,"actorId":"probe","method":"count_up","args":{"to":1000000}}"#;
+    first.send(Message::text(invocation)).await.unwrap();
+    let start = next_json(&mut first).await;
+    assert_eq!(start["type"], "streamStart");
+    let stream_id = start["streamId"].as_str().unwrap().to_owned();
+    for expected in 1..=5u64 {
+        let item = next_json(&mut first).await;
+        assert_eq!(item["sequenceNumber"], expected);
+    }
+    // The client "loses" the connection after item 5 (whatever else was sent is lost with it).
+    drop(first);
+
+    let mut second = ws_json(server.url()).await;
+    let resume = serde_json::json!({
+        "type": "streamResume", "streamId": stream_id, "lastSequence": 5,
+        "actorId": "probe", "method": "count_up", "args": {"to": 1000000}, "callId": 7
+    });
+    second.send(Message::text(resume.to_string())).await.unwrap();
+    for expected in 6..=10u64 {
+        let item = next_json(&mut second).await;
+        assert_eq!(item["type"], "streamData", "{item}");
+        assert_eq!(item["streamId"], stream_id.as_str());
+        assert_eq!(item["sequenceNumber"], expected);
+        assert_eq!(item["data"], expected);
+    }
+    // `cancel` with the resume's callId stops it.
+    second
+        .send(Message::text(r#"{"type":"cancel","callId":7}"#))
+        .await
+        .unwrap();
+
+    let unknown = serde_json::json!({
+        "type": "streamResume", "streamId": "00000000-0000-4000-8000-000000000000",
+        "lastSequence": 41, "actorId": "probe", "method": "count_up", "args": {"to": 3},
+        "callId": 8
+    });
+    second.send(Message::text(unknown.to_string())).await.unwrap();
+    // Items of the cancelled stream written before the cancel may still come first.
+    let restart = loop {
+        let envelope = next_json(&mut second).await;
+        if envelope["type"] != "streamData" || envelope["streamId"] != stream_id.as_str() {
+            break envelope;
+        }
+    };
+    assert_eq!(restart["type"], "streamStart", "{restart}");
+    assert_eq!(restart["callId"], 8);
+    let fresh_id = restart["streamId"].as_str().unwrap();
+    assert_ne!(fresh_id, "00000000-0000-4000-8000-000000000000");
+    for expected in 1..=3u64 {
+        let item = next_json(&mut second).await;
+        assert_eq!(item["sequenceNumber"], expected);
+        assert_eq!(item["streamId"], fresh_id);
+    }
+    assert_eq!(next_json(&mut second).await["type"], "streamEnd");
+    server.shutdown().await;
+}

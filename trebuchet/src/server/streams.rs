@@ -1,0 +1,520 @@
+//! Open streams as a server keeps them: numbered 1, 2, 3…, with a replay buffer of the items
+//! last sent, and able to outlive the connection they were opened on, so that a client that
+//! reconnects can resume them (`streamResume`) without missing or repeating an item.
+//!
+//! A stream is *live* while a connection pumps it. When that connection goes away, its live
+//! streams are *parked* here (the actor's producer is kept, not dropped) for
+//! [`ReplayConfig::detached_timeout`]; a `streamResume` on any connection of the same server
+//! takes the stream over, replays what the client has not seen and continues live. A resume can
+//! also arrive before the server has noticed that the old connection is gone (the usual case when
+//! a client reconnects at once): the old connection is then asked to hand the stream over.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::protocol::{Encoding, Payload, RemoteError};
+use crate::stream::PayloadStream;
+
+/// How much of each stream a server keeps for clients that resume it after a reconnect, and for
+/// how long (part of [`crate::ServerConfig`]).
+///
+/// A stream's replay buffer holds the items sent last, up to `max_items` items and `max_bytes`
+/// bytes, none older than `max_age`. A client that resumes a stream gets the items after the
+/// last one it saw, if the buffer still holds them all; otherwise the server restarts the stream
+/// (the same call again) and the client reports a [`crate::StreamGap`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ReplayConfig {
+    /// The most items kept per stream (default 1024). 0 turns resumption off: a resumed stream
+    /// is always restarted.
+    pub max_items: usize,
+    /// The most bytes of items kept per stream (default 1 MiB).
+    pub max_bytes: usize,
+    /// Items older than this are dropped from the buffer (default 30 s).
+    pub max_age: Duration,
+    /// How long a stream whose connection went away waits to be resumed before its producer is
+    /// dropped (default 30 s).
+    pub detached_timeout: Duration,
+    /// How long a resume waits for the connection that still has the stream to hand it over
+    /// (default 5 s); past it the stream is restarted.
+    pub handover_timeout: Duration,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            max_items: 1024,
+            max_bytes: 1024 * 1024,
+            max_age: Duration::from_secs(30),
+            detached_timeout: Duration::from_secs(30),
+            handover_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What happens next on an open stream.
+pub(crate) enum StreamEvent {
+    Data { sequence_number: u64, data: Payload },
+    Failed(RemoteError),
+    End,
+}
+
+/// How a stream ended, kept for replay: a client may have lost the end with the connection.
+#[derive(Clone)]
+enum Terminal {
+    End,
+    Failed(RemoteError),
+}
+
+/// The items last sent on a stream, for replay.
+struct ReplayBuffer {
+    items: VecDeque<(u64, Instant, Payload)>,
+    bytes: usize,
+}
+
+/// A stream's producer with its numbering and replay buffer: what moves from connection to
+/// connection when a stream is resumed.
+pub(crate) struct Producer {
+    items: PayloadStream,
+    /// The sequence number of the last item produced.
+    sequence: u64,
+    replay: ReplayBuffer,
+    /// Items to send again before producing more (after a resume).
+    to_replay: VecDeque<(u64, Payload)>,
+    /// Set once the actor's stream ended (it is then dropped): sent after the replay.
+    terminal: Option<Terminal>,
+    /// The `callId` of the call that opened the stream.
+    pub(crate) original_call_id: u64,
+    config: Arc<ReplayConfig>,
+}
+
+impl Producer {
+    fn new(items: PayloadStream, call_id: u64, config: Arc<ReplayConfig>) -> Self {
+        Producer {
+            items,
+            sequence: 0,
+            replay: ReplayBuffer {
+                items: VecDeque::new(),
+                bytes: 0,
+            },
+            to_replay: VecDeque::new(),
+            terminal: None,
+            original_call_id: call_id,
+            config,
+        }
+    }
+
+    fn remember(&mut self, sequence: u64, data: &Payload) {
+        if self.config.max_items == 0 {
+            return;
+        }
+        self.replay.bytes += data.len();
+        self.replay
+            .items
+            .push_back((sequence, Instant::now(), data.clone()));
+        while self.replay.items.len() > self.config.max_items
+            || self.replay.bytes > self.config.max_bytes
+        {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((_, _, data)) = self.replay.items.pop_front() {
+            self.replay.bytes -= data.len();
+        }
+    }
+
+    /// Prepares to continue after `last_sequence` (the last item the client saw): the items after
+    /// it are sent again first. `false` if the buffer no longer holds them all.
+    pub(crate) fn resume_after(&mut self, last_sequence: u64) -> bool {
+        let now = Instant::now();
+        while self
+            .replay
+            .items
+            .front()
+            .is_some_and(|(_, sent, _)| now.duration_since(*sent) > self.config.max_age)
+        {
+            self.forget_oldest();
+        }
+        if last_sequence > self.sequence {
+            return false;
+        }
+        let oldest_kept = self
+            .replay
+            .items
+            .front()
+            .map_or(self.sequence + 1, |(sequence, _, _)| *sequence);
+        if last_sequence + 1 < oldest_kept {
+            return false;
+        }
+        self.to_replay = self
+            .replay
+            .items
+            .iter()
+            .filter(|(sequence, _, _)| *sequence > last_sequence)
+            .map(|(sequence, _, data)| (*sequence, data.clone()))
+            .collect();
+        true
+    }
+}
+
+/// An open stream as a connection polls it: its items, numbered, each taken from the producer
+/// only when the previous one has been written (the connection polls it again only then).
+///
+/// When the stream ends, the pump parks it (without the actor's stream, with its replay buffer
+/// and how it ended) in the registry: a client that lost the last items or the end with its
+/// connection can still resume it.
+pub(crate) struct Pump {
+    pub(crate) stream_id: Arc<str>,
+    pub(crate) call_id: u64,
+    pub(crate) encoding: Encoding,
+    /// `None` once the stream ended, was cancelled or was handed over.
+    producer: Option<Box<Producer>>,
+    registry: Arc<StreamRegistry>,
+}
+
+impl Pump {
+    pub(crate) fn new(
+        stream_id: Arc<str>,
+        call_id: u64,
+        encoding: Encoding,
+        producer: Box<Producer>,
+        registry: Arc<StreamRegistry>,
+    ) -> Self {
+        Pump {
+            stream_id,
+            call_id,
+            encoding,
+            producer: Some(producer),
+            registry,
+        }
+    }
+
+    /// Stops the stream here and returns its producer (dropping it stops the actor's stream).
+    pub(crate) fn take_producer(&mut self) -> Option<Box<Producer>> {
+        self.producer.take()
+    }
+
+    /// Puts back a producer taken with [`take_producer`](Self::take_producer).
+    pub(crate) fn restore_producer(&mut self, producer: Box<Producer>) {
+        self.producer = Some(producer);
+    }
+}
+
+impl Stream for Pump {
+    type Item = (u64, Arc<str>, Encoding, StreamEvent);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(producer) = this.producer.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let terminal = if let Some((sequence_number, data)) = producer.to_replay.pop_front() {
+            let event = StreamEvent::Data {
+                sequence_number,
+                data,
+            };
+            return Poll::Ready(Some((
+                this.call_id,
+                this.stream_id.clone(),
+                this.encoding,
+                event,
+            )));
+        } else if let Some(terminal) = producer.terminal.clone() {
+            terminal
+        } else {
+            match producer.items.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => {
+                    producer.sequence += 1;
+                    let sequence_number = producer.sequence;
+                    producer.remember(sequence_number, &data);
+                    let event = StreamEvent::Data {
+                        sequence_number,
+                        data,
+                    };
+                    return Poll::Ready(Some((
+                        this.call_id,
+                        this.stream_id.clone(),
+                        this.encoding,
+                        event,
+                    )));
+                }
+                Poll::Ready(Some(Err(error))) => Terminal::Failed(error),
+                Poll::Ready(None) => Terminal::End,
+            }
+        };
+        // The end: the actor's stream is dropped now; the rest is kept for a while for replay.
+        let mut producer = this.producer.take().expect("checked above");
+        producer.items = futures_util::stream::empty().boxed();
+        producer.terminal = Some(terminal.clone());
+        this.registry.park(this.stream_id.clone(), producer);
+        let event = match terminal {
+            Terminal::End => StreamEvent::End,
+            Terminal::Failed(error) => StreamEvent::Failed(error),
+        };
+        Poll::Ready(Some((
+            this.call_id,
+            this.stream_id.clone(),
+            this.encoding,
+            event,
+        )))
+    }
+}
+
+/// A request to a connection to hand one of its streams over to another (which a client resumed
+/// it on).
+pub(crate) struct Handover {
+    pub(crate) stream_id: Arc<str>,
+    pub(crate) reply: oneshot::Sender<Box<Producer>>,
+}
+
+/// Where a connection receives [`Handover`] requests.
+pub(crate) type HandoverSender = mpsc::UnboundedSender<Handover>;
+
+enum Slot {
+    /// Pumped by a connection, which hands it over on request.
+    Live(HandoverSender),
+    /// Its connection went away; dropped at the end of the detached timeout unless resumed.
+    Parked {
+        producer: Box<Producer>,
+        generation: u64,
+    },
+}
+
+/// Every open stream of one server, by stream id.
+pub(crate) struct StreamRegistry {
+    config: Arc<ReplayConfig>,
+    slots: Mutex<HashMap<Arc<str>, Slot>>,
+    generations: AtomicU64,
+}
+
+impl StreamRegistry {
+    pub(crate) fn new(config: ReplayConfig) -> Arc<Self> {
+        Arc::new(StreamRegistry {
+            config: Arc::new(config),
+            slots: Mutex::default(),
+            generations: AtomicU64::new(0),
+        })
+    }
+
+    fn slots(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A new stream's producer, registered as live on the connection behind `handovers`.
+    pub(crate) fn open(
+        &self,
+        stream_id: Arc<str>,
+        call_id: u64,
+        items: PayloadStream,
+        handovers: &HandoverSender,
+    ) -> Box<Producer> {
+        self.attach(stream_id, handovers);
+        Box::new(Producer::new(items, call_id, self.config.clone()))
+    }
+
+    /// Registers a stream as live on the connection behind `handovers`.
+    pub(crate) fn attach(&self, stream_id: Arc<str>, handovers: &HandoverSender) {
+        self.slots().insert(stream_id, Slot::Live(handovers.clone()));
+    }
+
+    /// Forgets a stream that ended or was cancelled.
+    pub(crate) fn close(&self, stream_id: &str) {
+        self.slots().remove(stream_id);
+    }
+
+    /// Keeps the producer of a stream whose connection went away, for a while.
+    pub(crate) fn park(self: &Arc<Self>, stream_id: Arc<str>, producer: Box<Producer>) {
+        if self.config.detached_timeout.is_zero() {
+            self.close(&stream_id);
+            return;
+        }
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        self.slots().insert(
+            stream_id.clone(),
+            Slot::Parked {
+                producer,
+                generation,
+            },
+        );
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let registry = Arc::downgrade(self);
+        let timeout = self.config.detached_timeout;
+        runtime.spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let Some(registry) = registry.upgrade() else {
+                return;
+            };
+            let mut slots = registry.slots();
+            if let Some(Slot::Parked {
+                generation: parked, ..
+            }) = slots.get(&stream_id)
+                && *parked == generation
+            {
+                tracing::debug!(%stream_id, "dropping a stream nobody resumed");
+                // Dropped outside the lock: the producer may do anything on drop.
+                let expired = slots.remove(&stream_id);
+                drop(slots);
+                drop(expired);
+            }
+        });
+    }
+
+    /// Takes a stream over for a connection that resumes it: from the parking, or from the
+    /// connection that still pumps it. `None` if this server does not have it (any more).
+    pub(crate) async fn take(&self, stream_id: &str) -> Option<Box<Producer>> {
+        // A connection that is asked for a stream but ends before answering parks it instead:
+        // then look again.
+        for _ in 0..4 {
+            let owner = {
+                let mut slots = self.slots();
+                match slots.get(stream_id)? {
+                    Slot::Live(owner) => owner.clone(),
+                    Slot::Parked { .. } => {
+                        return match slots.remove(stream_id) {
+                            Some(Slot::Parked { producer, .. }) => Some(producer),
+                            _ => None,
+                        };
+                    }
+                }
+            };
+            let (reply, handed) = oneshot::channel();
+            let request = Handover {
+                stream_id: Arc::from(stream_id),
+                reply,
+            };
+            if owner.send(request).is_err() {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            match tokio::time::timeout(self.config.handover_timeout, handed).await {
+                Ok(Ok(producer)) => {
+                    self.close(stream_id);
+                    return Some(producer);
+                }
+                Ok(Err(_)) => tokio::task::yield_now().await,
+                Err(_) => {
+                    tracing::warn!(%stream_id, "the connection with this stream did not hand it over in time");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn producer(count: u64, config: ReplayConfig) -> Box<Producer> {
+        let items = futures_util::stream::iter(1..=count)
+            .map(|n| Ok(Payload::encode(&n, Encoding::Json).unwrap()))
+            .boxed();
+        Box::new(Producer::new(items, 1, Arc::new(config)))
+    }
+
+    async fn sequence_numbers(producer: Box<Producer>, take: usize) -> (Vec<u64>, Box<Producer>) {
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        let mut pump = Pump::new(Arc::from("s"), 1, Encoding::Json, producer, registry);
+        let mut seen = Vec::new();
+        for _ in 0..take {
+            match pump.next().await {
+                Some((_, _, _, StreamEvent::Data { sequence_number, .. })) => {
+                    seen.push(sequence_number)
+                }
+                _ => break,
+            }
+        }
+        (seen, pump.take_producer().unwrap())
+    }
+
+    #[tokio::test]
+    async fn resuming_replays_what_the_buffer_holds_then_goes_on() {
+        let (seen, mut producer) = sequence_numbers(producer(20, ReplayConfig::default()), 10).await;
+        assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+        assert!(producer.resume_after(7));
+        let (seen, _) = sequence_numbers(producer, 5).await;
+        assert_eq!(seen, vec![8, 9, 10, 11, 12]);
+    }
+
+    #[tokio::test]
+    async fn a_buffer_that_no_longer_reaches_back_refuses_to_resume() {
+        let config = ReplayConfig {
+            max_items: 4,
+            ..ReplayConfig::default()
+        };
+        let (_, mut producer) = sequence_numbers(producer(20, config), 10).await;
+        assert!(!producer.resume_after(5), "items 6 was dropped");
+        assert!(producer.resume_after(6), "items 7..=10 are kept");
+        assert!(producer.resume_after(10), "nothing to replay");
+        assert!(!producer.resume_after(11), "never sent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn old_items_leave_the_buffer() {
+        let config = ReplayConfig {
+            max_age: Duration::from_secs(1),
+            ..ReplayConfig::default()
+        };
+        let (_, mut producer) = sequence_numbers(producer(20, config), 3).await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!producer.resume_after(1));
+        assert!(producer.resume_after(3));
+    }
+
+    #[tokio::test]
+    async fn the_byte_limit_bounds_the_buffer() {
+        let config = ReplayConfig {
+            max_bytes: 8,
+            ..ReplayConfig::default()
+        };
+        // Each item is 1 or 2 bytes of JSON: 1..=9 are 1 byte, 10 is 2.
+        let (_, mut producer) = sequence_numbers(producer(20, config), 10).await;
+        assert!(producer.replay.bytes <= 8);
+        assert!(!producer.resume_after(1));
+        assert!(producer.resume_after(9));
+    }
+
+    #[tokio::test]
+    async fn a_parked_stream_is_taken_once_and_expires() {
+        let registry = StreamRegistry::new(ReplayConfig {
+            detached_timeout: Duration::from_millis(50),
+            ..ReplayConfig::default()
+        });
+        registry.park(Arc::from("a"), producer(3, ReplayConfig::default()));
+        assert!(registry.take("a").await.is_some());
+        assert!(registry.take("a").await.is_none());
+        registry.park(Arc::from("b"), producer(3, ReplayConfig::default()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(registry.take("b").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_live_stream_is_handed_over_by_its_connection() {
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        let (handovers, mut requests) = mpsc::unbounded_channel();
+        let producer = registry.open(Arc::from("c"), 1, futures_util::stream::empty().boxed(), &handovers);
+        let owner = tokio::spawn(async move {
+            let request: Handover = requests.recv().await.unwrap();
+            assert_eq!(&*request.stream_id, "c");
+            let _ = request.reply.send(producer);
+        });
+        assert!(registry.take("c").await.is_some());
+        owner.await.unwrap();
+    }
+}
