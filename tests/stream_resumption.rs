@@ -82,8 +82,9 @@ async fn ten_thousand_items_survive_a_cut_every_hundred(wire: Wire) {
         received.iter().copied().eq(1..=10_000u64),
         "items out of order"
     );
+    // (A cut while the client is reconnecting has no connection to cut.)
     assert!(
-        proxy.connections() >= 50,
+        proxy.connections() >= 20,
         "the proxy should have cut the stream's connection many times, saw {} connections",
         proxy.connections()
     );
@@ -105,20 +106,21 @@ async fn chaos_over_websocket_json() {
     ten_thousand_items_survive_a_cut_every_hundred(Wire::WebSocketJson).await;
 }
 
-/// A server that keeps nothing to replay restarts a resumed stream: the consumer gets a
-/// `StreamGap` error, then the restarted stream's items (`count_up` counts from 1 again).
-async fn a_stream_that_cannot_be_replayed_reports_a_gap_and_restarts(wire: Wire) {
-    let mut config = ServerConfig::default();
-    config.stream_replay.max_items = 0;
-    let (system, server) = serve(wire, config).await;
-    let proxy = CuttingProxy::start(server.local_addr()).await;
+/// A server that does not know the stream (here: the client reconnects to another server, as
+/// after a restart) starts it afresh: the consumer gets a `StreamGap` error, then the restarted
+/// stream's items (`count_up` counts from 1 again).
+async fn a_stream_that_cannot_be_resumed_reports_a_gap_and_restarts(wire: Wire) {
+    let (system, first) = serve(wire, ServerConfig::default()).await;
+    let (_other_system, second) = serve(wire, ServerConfig::default()).await;
+    let proxy = CuttingProxy::start(first.local_addr()).await;
     let probe = client_through(wire, &system, &proxy).await;
     let mut stream = probe.count_up(1_000_000).await.unwrap();
     for expected in 1..=10u64 {
         assert_eq!(stream.next().await.unwrap().unwrap(), expected);
     }
+    proxy.redirect(second.local_addr());
     proxy.cut();
-    // Items already on their way before the cut may still arrive; then the gap.
+    // Items already routed before the cut come first; then the gap.
     let mut last = 10;
     let gap = loop {
         match stream.next().await.expect("the stream ended") {
@@ -134,22 +136,76 @@ async fn a_stream_that_cannot_be_replayed_reports_a_gap_and_restarts(wire: Wire)
         }
     };
     assert_eq!(gap.resumed_at, None, "the stream was restarted");
-    assert!(gap.last_sequence >= 10, "{gap:?}");
+    assert_eq!(gap.last_sequence, last, "{gap:?}");
     // The stream goes on: the restarted count starts again.
     assert_eq!(stream.next().await.unwrap().unwrap(), 1);
     assert_eq!(stream.next().await.unwrap().unwrap(), 2);
     drop(stream);
-    server.shutdown().await;
+    first.shutdown().await;
+    second.shutdown().await;
 }
 
 #[tokio::test]
 async fn gap_and_restart_over_tcp() {
-    a_stream_that_cannot_be_replayed_reports_a_gap_and_restarts(Wire::Tcp).await;
+    a_stream_that_cannot_be_resumed_reports_a_gap_and_restarts(Wire::Tcp).await;
 }
 
 #[tokio::test]
 async fn gap_and_restart_over_websocket() {
-    a_stream_that_cannot_be_replayed_reports_a_gap_and_restarts(Wire::WebSocketBincode).await;
+    a_stream_that_cannot_be_resumed_reports_a_gap_and_restarts(Wire::WebSocketBincode).await;
+}
+
+/// A consumer that does not read one stream does not hold up the others on its connection:
+/// the server sends a stream only as far ahead as the client's window.
+#[tokio::test]
+async fn a_stream_nobody_reads_does_not_hold_up_the_connection() {
+    let (system, server) = serve(Wire::Tcp, ServerConfig::default()).await;
+    let client = system
+        .connect(Transport::Tcp(server.local_addr().to_string()))
+        .await
+        .unwrap();
+    let probe: ProbeClient = client.actor("probe");
+    let idle = probe.count_up(1_000_000).await.unwrap();
+    let busy: Vec<u64> = tokio::time::timeout(
+        Duration::from_secs(20),
+        probe
+            .count_up(5_000)
+            .await
+            .unwrap()
+            .map(Result::unwrap)
+            .collect(),
+    )
+    .await
+    .expect("the second stream was held up by the first");
+    assert_eq!(busy.len(), 5_000);
+    assert_eq!(probe.echo("still here".into()).await.unwrap(), "still here");
+    drop(idle);
+    server.shutdown().await;
+}
+
+/// Flow control, as a non-Rust client speaks it: with `stream-window` in the metadata, the
+/// server sends that many items and waits for a `streamAck`.
+#[tokio::test]
+async fn stream_window_and_ack_in_json() {
+    let (_system, server) = serve(Wire::WebSocketJson, ServerConfig::default()).await;
+    let mut socket = ws_json(server.url()).await;
+    let invocation = r#"{"type":"invocation","callId":1,"actorId":"probe","method":"count_up","args":{"to":100},"metadata":{"stream-window":"4"}}"#;
+    socket.send(Message::text(invocation)).await.unwrap();
+    let start = next_json(&mut socket).await;
+    let stream_id = start["streamId"].as_str().unwrap().to_owned();
+    for expected in 1..=4u64 {
+        assert_eq!(next_json(&mut socket).await["sequenceNumber"], expected);
+    }
+    let nothing = tokio::time::timeout(Duration::from_millis(200), socket.next()).await;
+    assert!(nothing.is_err(), "a fifth item came before any ack");
+    let ack = serde_json::json!({"type": "streamAck", "streamId": stream_id, "sequenceNumber": 3});
+    socket.send(Message::text(ack.to_string())).await.unwrap();
+    for expected in 5..=7u64 {
+        assert_eq!(next_json(&mut socket).await["sequenceNumber"], expected);
+    }
+    let nothing = tokio::time::timeout(Duration::from_millis(200), socket.next()).await;
+    assert!(nothing.is_err(), "more than the window after the ack");
+    server.shutdown().await;
 }
 
 async fn ws_json(url: &str) -> tokio_tungstenite::WebSocketStream<

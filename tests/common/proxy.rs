@@ -2,7 +2,7 @@
 //! as when a network path fails; new connections are accepted as before.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -12,6 +12,7 @@ pub struct CuttingProxy {
     addr: SocketAddr,
     cuts: watch::Sender<u64>,
     accepted: Arc<AtomicU64>,
+    upstream: Arc<Mutex<SocketAddr>>,
     accept_loop: tokio::task::JoinHandle<()>,
 }
 
@@ -23,9 +24,12 @@ impl CuttingProxy {
         let (cuts, watched) = watch::channel(0u64);
         let accepted = Arc::new(AtomicU64::new(0));
         let counter = accepted.clone();
+        let upstream = Arc::new(Mutex::new(upstream));
+        let target = upstream.clone();
         let accept_loop = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
+                let upstream = *target.lock().unwrap();
                 let mut cut = watched.clone();
                 cut.borrow_and_update();
                 tokio::spawn(async move {
@@ -41,8 +45,8 @@ impl CuttingProxy {
                     // Both sockets are reset (not closed in order): each side sees its connection
                     // fail, and whatever was still on its way, even in its own receive buffer,
                     // is lost.
-                    let _ = client.set_linger(Some(std::time::Duration::ZERO));
-                    let _ = server.set_linger(Some(std::time::Duration::ZERO));
+                    let _ = client.set_zero_linger();
+                    let _ = server.set_zero_linger();
                 });
             }
         });
@@ -50,6 +54,7 @@ impl CuttingProxy {
             addr,
             cuts,
             accepted,
+            upstream,
             accept_loop,
         }
     }
@@ -61,6 +66,11 @@ impl CuttingProxy {
     /// Closes every connection open through the proxy.
     pub fn cut(&self) {
         self.cuts.send_modify(|cuts| *cuts += 1);
+    }
+
+    /// Sends the connections made from now on to `upstream` (another server).
+    pub fn redirect(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap() = upstream;
     }
 
     /// How many connections the proxy has accepted.

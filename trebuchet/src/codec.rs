@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::protocol::{
     Cancel, Encoding, Envelope, Invocation, Metadata, Payload, RemoteError, Response, StreamData,
-    StreamEnd, StreamError, StreamResume, StreamStart, bincode_config, decode_bincode,
+    StreamAck, StreamEnd, StreamError, StreamResume, StreamStart, bincode_config, decode_bincode,
 };
 
 /// One transport message: the bytes of one envelope and how they are encoded.
@@ -252,6 +252,10 @@ impl<'a> JsonFrame<'a> {
                 }
             }
             Envelope::Cancel(cancel) => frame.call_id = Some(cancel.call_id),
+            Envelope::StreamAck(ack) => {
+                frame.stream_id = Some(Cow::Borrowed(&ack.stream_id));
+                frame.sequence_number = Some(ack.sequence_number);
+            }
         }
         Ok(frame)
     }
@@ -345,6 +349,15 @@ impl<'a> JsonFrame<'a> {
                 call_id,
                 metadata: self.metadata.map(Cow::into_owned).unwrap_or_default(),
             }),
+            "streamAck" => Envelope::StreamAck(StreamAck {
+                stream_id: self
+                    .stream_id
+                    .ok_or_else(|| missing("streamId"))?
+                    .into_owned(),
+                sequence_number: self
+                    .sequence_number
+                    .ok_or_else(|| missing("sequenceNumber"))?,
+            }),
             "cancel" => Envelope::Cancel(Cancel {
                 call_id: call_id.ok_or_else(|| missing("callId"))?,
             }),
@@ -416,6 +429,7 @@ binary_envelope! {
     StreamError(StreamError),
     StreamResume(StreamResume),
     Cancel(Cancel),
+    StreamAck(StreamAck),
 }
 
 fn decode_binary(bytes: &[u8]) -> Result<Envelope, DecodeError> {

@@ -38,7 +38,7 @@ use crate::client::{ClientConfig, Connection};
 use crate::codec::{self, Frame};
 use crate::protocol::{
     Cancel, Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response,
-    StreamResume,
+    STREAM_WINDOW_METADATA, StreamAck, StreamResume,
 };
 use crate::stream::{PayloadStream, StreamGap};
 use crate::transport::{FrameError, FrameIo};
@@ -66,16 +66,21 @@ enum Answer {
 
 /// One event of an open stream, in the stream's channel.
 enum StreamItem {
-    Data(Payload),
+    Data { sequence_number: u64, data: Payload },
     /// Items were missed before the next one (the stream goes on).
     Gap(StreamGap),
     Failed(RemoteError),
     End,
 }
 
-/// Items a stream may have waiting for its consumer before the reader waits for it to catch up
-/// (and so, through TCP flow control, the server's producer waits too).
-const STREAM_BUFFER: usize = 64;
+/// How many items of a stream the server may send ahead of the consumer (per-stream flow
+/// control: the consumer acknowledges with `streamAck` each time it has taken half of them).
+const STREAM_WINDOW: u64 = 256;
+
+/// Room in a stream's channel: the window, and a few for gap reports and the end. A server that
+/// keeps to the window never makes the reader wait for a slow consumer, so one slow stream does
+/// not hold up the others on its connection.
+const STREAM_BUFFER: usize = STREAM_WINDOW as usize + 8;
 
 /// A caller waiting for an answer.
 struct Waiter {
@@ -103,6 +108,8 @@ struct StreamRoute {
     call_id: u64,
     /// The sequence number of the last item routed to the consumer.
     last_routed: u64,
+    /// How many times the server restarted the stream (its numbering started again).
+    restarts: u64,
     call: Arc<StreamCall>,
 }
 
@@ -147,6 +154,7 @@ impl StreamTable {
                 stream_id,
                 call_id: key,
                 last_routed: 0,
+                restarts: 0,
                 call,
             },
         );
@@ -200,6 +208,7 @@ impl StreamTable {
         };
         let old = std::mem::replace(&mut route.stream_id, stream_id.clone());
         route.last_routed = 0;
+        route.restarts += 1;
         let feed = route.feed.clone();
         routes.by_stream_id.remove(&old);
         routes.by_stream_id.insert(stream_id, key);
@@ -217,7 +226,8 @@ impl StreamTable {
         let mut routes = self.routes();
         let routes = &mut *routes;
         routes.resuming.clear();
-        let metadata = config.outgoing_metadata();
+        let mut metadata = config.outgoing_metadata();
+        metadata.insert(STREAM_WINDOW_METADATA.to_owned(), STREAM_WINDOW.to_string());
         routes
             .routes
             .iter_mut()
@@ -236,6 +246,13 @@ impl StreamTable {
                 }
             })
             .collect()
+    }
+
+    /// The server id of stream `key`, unless it was restarted more than `restarts` times.
+    fn stream_id(&self, key: u64, restarts: u64) -> Option<String> {
+        let routes = self.routes();
+        let route = routes.routes.get(&key)?;
+        (route.restarts == restarts).then(|| route.stream_id.clone())
     }
 
     /// Ends every stream (their consumers get `unavailable`): the client is closed for good.
@@ -484,7 +501,11 @@ impl<Io: FrameIo + 'static> Link<Io> {
                     if let Some(gap) = gap {
                         let _ = feed.send(StreamItem::Gap(gap)).await;
                     }
-                    let _ = feed.send(StreamItem::Data(item.data)).await;
+                    let data = StreamItem::Data {
+                        sequence_number: item.sequence_number,
+                        data: item.data,
+                    };
+                    let _ = feed.send(data).await;
                 }
             }
             Envelope::StreamEnd(end) => self.finish_stream(&end.stream_id, StreamItem::End).await,
@@ -535,6 +556,11 @@ struct StreamConsumer<Io: FrameIo + 'static> {
     key: u64,
     cancel_encoding: Encoding,
     done: bool,
+    /// The last item taken, the last acknowledged, and the restarts seen (items before a restart
+    /// are acknowledged to the old stream, which is gone: they are not).
+    taken: u64,
+    acked: u64,
+    restarts: u64,
 }
 
 impl<Io: FrameIo + 'static> StreamConsumer<Io> {
@@ -543,8 +569,23 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
             return None;
         }
         let (item, done) = match self.next_item().await {
-            Some(StreamItem::Data(data)) => (Some(Ok(data)), false),
-            Some(StreamItem::Gap(gap)) => (Some(Err(gap.into_error())), false),
+            Some(StreamItem::Data {
+                sequence_number,
+                data,
+            }) => {
+                self.taken = sequence_number;
+                if self.taken >= self.acked + STREAM_WINDOW / 2 {
+                    self.acknowledge().await;
+                }
+                (Some(Ok(data)), false)
+            }
+            Some(StreamItem::Gap(gap)) => {
+                if gap.resumed_at.is_none() {
+                    self.restarts += 1;
+                    (self.taken, self.acked) = (0, 0);
+                }
+                (Some(Err(gap.into_error())), false)
+            }
             Some(StreamItem::Failed(error)) => (Some(Err(error)), true),
             Some(StreamItem::End) => (None, true),
             None => (
@@ -556,6 +597,26 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
         };
         self.done = done;
         item
+    }
+
+    /// Tells the server the items taken so far (best effort: a lost ack is made up for by the
+    /// next, or by the `streamResume` after a reconnect).
+    async fn acknowledge(&mut self) {
+        self.acked = self.taken;
+        let Some(stream_id) = self.streams.stream_id(self.key, self.restarts) else {
+            return;
+        };
+        let link = match &*self.link.borrow() {
+            LinkState::Up(link) => link.clone(),
+            LinkState::Reconnecting | LinkState::Closed => return,
+        };
+        let ack = Envelope::StreamAck(StreamAck {
+            stream_id,
+            sequence_number: self.taken,
+        });
+        if let Ok(frame) = codec::encode(&ack, self.cancel_encoding) {
+            let _ = link.send(frame).await;
+        }
     }
 
     /// The next event, reading the current link; while reconnecting, waits for the next link
@@ -700,7 +761,10 @@ impl<C: Connector> Multiplexed<C> {
     ) -> Result<(Arc<Link<C::Io>>, u64, Answer), RemoteError> {
         let deadline = Instant::now() + self.config.call_timeout;
         let call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
-        let metadata = self.config.outgoing_metadata();
+        let mut metadata = self.config.outgoing_metadata();
+        if is_stream {
+            metadata.insert(STREAM_WINDOW_METADATA.to_owned(), STREAM_WINDOW.to_string());
+        }
         let stream = is_stream.then(|| {
             Arc::new(StreamCall {
                 actor_id: actor_id.to_owned(),
@@ -791,6 +855,9 @@ impl<C: Connector> Multiplexed<C> {
                     key: call_id,
                     cancel_encoding: self.config.encoding,
                     done: false,
+                    taken: 0,
+                    acked: 0,
+                    restarts: 0,
                 };
                 Ok(
                     futures_util::stream::unfold(consumer, |mut consumer| async move {

@@ -18,6 +18,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// (for example `authorization` and `traceparent`).
 pub type Metadata = BTreeMap<String, String>;
 
+/// The metadata key by which a stream call asks for per-stream flow control: its value is the
+/// most items the server may send ahead of the client's `streamAck`s (see [`StreamAck`]).
+pub const STREAM_WINDOW_METADATA: &str = "stream-window";
+
 /// How a frame, and the payloads inside it, are encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -47,6 +51,8 @@ pub enum Envelope {
     StreamResume(StreamResume),
     /// A request to stop a call or stream in flight (client → server).
     Cancel(Cancel),
+    /// The client has taken the items of a stream up to a sequence number (client → server).
+    StreamAck(StreamAck),
 }
 
 impl Envelope {
@@ -61,6 +67,7 @@ impl Envelope {
             Envelope::StreamError(_) => "streamError",
             Envelope::StreamResume(_) => "streamResume",
             Envelope::Cancel(_) => "cancel",
+            Envelope::StreamAck(_) => "streamAck",
         }
     }
 }
@@ -155,6 +162,22 @@ pub struct StreamResume {
     /// Metadata for the middleware when the stream has to be restarted (an extension, like
     /// `callId`; empty when absent).
     pub metadata: Metadata,
+}
+
+/// The client has taken every item of `stream_id` up to `sequence_number` (an extension of the
+/// contract, for per-stream flow control).
+///
+/// A stream call whose metadata has [`STREAM_WINDOW_METADATA`] = N promises these
+/// acknowledgements: the server then never has more than N items of that stream unacknowledged
+/// (fewer if its replay buffer is smaller), and waits for a `streamAck` before producing more. A
+/// client that does not ask gets no flow control beyond the connection's own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamAck {
+    /// The stream.
+    pub stream_id: String,
+    /// The last item taken.
+    pub sequence_number: u64,
 }
 
 /// A request to stop the call `call_id`.

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use trebuchet::codec::{self, Frame};
 use trebuchet::protocol::{
-    Cancel, Envelope, Invocation, Response, StreamData, StreamEnd, StreamError, StreamResume,
+    Cancel, Envelope, Invocation, Response, StreamAck, StreamData, StreamEnd, StreamError, StreamResume,
     StreamStart,
 };
 use trebuchet::{Encoding, ErrorCode, Metadata, Payload, RemoteError};
@@ -144,6 +144,12 @@ fn envelope(encoding: Encoding) -> impl Strategy<Value = Envelope> {
                 }
             ),
         any::<u64>().prop_map(|call_id| Envelope::Cancel(Cancel { call_id })),
+        (id, any::<u64>()).prop_map(|(stream_id, sequence_number)| Envelope::StreamAck(
+            StreamAck {
+                stream_id,
+                sequence_number
+            }
+        )),
     ]
 }
 

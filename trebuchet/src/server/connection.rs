@@ -19,7 +19,7 @@ use tower_service::Service;
 use crate::codec::{self, encode_or_internal};
 use crate::protocol::{
     Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response, StreamData,
-    StreamEnd, StreamError, StreamResume, StreamStart,
+    STREAM_WINDOW_METADATA, StreamEnd, StreamError, StreamResume, StreamStart,
 };
 use crate::server::streams::{Handover, Producer, Pump, StreamEvent, StreamRegistry};
 use crate::server::{Call, ConnectionInfo, ServerConfig};
@@ -104,6 +104,8 @@ where
     let mut streams: SelectAll<Pump> = SelectAll::new();
     let mut open_streams: HashMap<u64, OpenStream> = HashMap::new();
     let mut resumptions: FuturesUnordered<Resumption> = FuturesUnordered::new();
+    // The flow-control window each call in flight asked for, if it did (used if it opens a stream).
+    let mut stream_windows: HashMap<u64, u64> = HashMap::new();
     let (handovers, mut handover_requests) = tokio::sync::mpsc::unbounded_channel::<Handover>();
     // Errors about frames that say nothing of their encoding are sent in the last one seen
     // (before any, in the transport's own).
@@ -122,6 +124,7 @@ where
                 aborts.remove(&call_id);
                 let outcome: Result<Result<Reply, RemoteError>, Aborted> = outcome;
                 let Ok(outcome) = outcome else { continue }; // cancelled by the client
+                let window = stream_windows.remove(&call_id);
                 let sent = match outcome {
                     Ok(Reply::Stream(items)) if draining => {
                         drop(items);
@@ -134,7 +137,7 @@ where
                     Ok(Reply::Stream(items)) => {
                         let stream_id = new_stream_id();
                         let start = Envelope::StreamStart(StreamStart { call_id, stream_id: stream_id.to_string() });
-                        let producer = registry.open(stream_id.clone(), call_id, items, &handovers);
+                        let producer = registry.open(stream_id.clone(), call_id, window, items, &handovers);
                         streams.push(Pump::new(stream_id.clone(), call_id, encoding, producer, registry.clone()));
                         open_streams.insert(call_id, OpenStream { stream_id, encoding });
                         send_envelope(&mut io, &start, encoding).await
@@ -197,6 +200,9 @@ where
                             args: resume.args,
                             metadata: resume.metadata,
                         };
+                        if let Some(window) = requested_window(&invocation) {
+                            stream_windows.insert(call_id, window);
+                        }
                         start_call(&mut service, invocation, encoding, &connection, &mut aborts, &mut in_flight).await;
                     }
                 }
@@ -259,9 +265,19 @@ where
                             }
                             continue;
                         }
+                        if let Some(window) = requested_window(&invocation) {
+                            stream_windows.insert(call_id, window);
+                        }
                         start_call(&mut service, invocation, frame.encoding, &connection, &mut aborts, &mut in_flight).await;
                     }
+                    Envelope::StreamAck(ack) => {
+                        // (A stream that already ended, or is not here, needs no more acks.)
+                        if let Some(pump) = streams.iter_mut().find(|pump| *pump.stream_id == *ack.stream_id) {
+                            pump.acknowledge(ack.sequence_number);
+                        }
+                    }
                     Envelope::Cancel(cancel) => {
+                        stream_windows.remove(&cancel.call_id);
                         if let Some(abort) = aborts.remove(&cancel.call_id) {
                             abort.abort();
                         }
@@ -330,6 +346,15 @@ where
     }
     let _ = io.close().await;
     ending
+}
+
+/// The per-stream flow-control window a call asks for in its metadata, if any.
+fn requested_window(invocation: &Invocation) -> Option<u64> {
+    invocation
+        .metadata
+        .get(STREAM_WINDOW_METADATA)?
+        .parse()
+        .ok()
 }
 
 fn too_many_streams() -> RemoteError {

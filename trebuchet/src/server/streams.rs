@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -93,11 +93,29 @@ pub(crate) struct Producer {
     terminal: Option<Terminal>,
     /// The `callId` of the call that opened the stream.
     pub(crate) original_call_id: u64,
+    /// Per-stream flow control, if the client asked for it: the most items sent and not yet
+    /// acknowledged.
+    window: Option<u64>,
+    /// The last item the client acknowledged.
+    acked: u64,
+    /// The pump waiting for an acknowledgement.
+    waiting_for_ack: Option<Waker>,
     config: Arc<ReplayConfig>,
 }
 
 impl Producer {
-    fn new(items: PayloadStream, call_id: u64, config: Arc<ReplayConfig>) -> Self {
+    fn new(
+        items: PayloadStream,
+        call_id: u64,
+        window: Option<u64>,
+        config: Arc<ReplayConfig>,
+    ) -> Self {
+        // Never more unacknowledged items than the replay buffer keeps: a resume can then
+        // always be served from it.
+        let window = window.map(|window| match config.max_items {
+            0 => window.max(1),
+            kept => window.clamp(1, kept as u64),
+        });
         Producer {
             items,
             sequence: 0,
@@ -108,6 +126,9 @@ impl Producer {
             to_replay: VecDeque::new(),
             terminal: None,
             original_call_id: call_id,
+            window,
+            acked: 0,
+            waiting_for_ack: None,
             config,
         }
     }
@@ -148,6 +169,7 @@ impl Producer {
         if last_sequence > self.sequence {
             return false;
         }
+        self.acknowledge(last_sequence);
         let oldest_kept = self
             .replay
             .items
@@ -164,6 +186,19 @@ impl Producer {
             .map(|(sequence, _, data)| (*sequence, data.clone()))
             .collect();
         true
+    }
+}
+
+impl Producer {
+    /// The client has taken the items up to `sequence_number`.
+    pub(crate) fn acknowledge(&mut self, sequence_number: u64) {
+        let sequence_number = sequence_number.min(self.sequence);
+        if sequence_number > self.acked {
+            self.acked = sequence_number;
+            if let Some(waker) = self.waiting_for_ack.take() {
+                waker.wake();
+            }
+        }
     }
 }
 
@@ -208,6 +243,13 @@ impl Pump {
     pub(crate) fn restore_producer(&mut self, producer: Box<Producer>) {
         self.producer = Some(producer);
     }
+
+    /// A `streamAck` for this stream.
+    pub(crate) fn acknowledge(&mut self, sequence_number: u64) {
+        if let Some(producer) = self.producer.as_mut() {
+            producer.acknowledge(sequence_number);
+        }
+    }
 }
 
 impl Stream for Pump {
@@ -231,6 +273,13 @@ impl Stream for Pump {
             )));
         } else if let Some(terminal) = producer.terminal.clone() {
             terminal
+        } else if producer
+            .window
+            .is_some_and(|window| producer.sequence >= producer.acked + window)
+        {
+            // As far ahead of the client as it allowed: wait for its `streamAck`.
+            producer.waiting_for_ack = Some(cx.waker().clone());
+            return Poll::Pending;
         } else {
             match producer.items.as_mut().poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -318,11 +367,12 @@ impl StreamRegistry {
         &self,
         stream_id: Arc<str>,
         call_id: u64,
+        window: Option<u64>,
         items: PayloadStream,
         handovers: &HandoverSender,
     ) -> Box<Producer> {
         self.attach(stream_id, handovers);
-        Box::new(Producer::new(items, call_id, self.config.clone()))
+        Box::new(Producer::new(items, call_id, window, self.config.clone()))
     }
 
     /// Registers a stream as live on the connection behind `handovers`.
@@ -425,7 +475,7 @@ mod tests {
         let items = futures_util::stream::iter(1..=count)
             .map(|n| Ok(Payload::encode(&n, Encoding::Json).unwrap()))
             .boxed();
-        Box::new(Producer::new(items, 1, Arc::new(config)))
+        Box::new(Producer::new(items, 1, None, Arc::new(config)))
     }
 
     async fn sequence_numbers(producer: Box<Producer>, take: usize) -> (Vec<u64>, Box<Producer>) {
@@ -491,6 +541,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_windowed_stream_waits_for_acknowledgements() {
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        let items = futures_util::stream::iter(1..=100u64)
+            .map(|n| Ok(Payload::encode(&n, Encoding::Json).unwrap()))
+            .boxed();
+        let producer = Box::new(Producer::new(items, 1, Some(4), registry.config.clone()));
+        let mut pump = Pump::new(Arc::from("w"), 1, Encoding::Json, producer, registry);
+        for _ in 0..4 {
+            assert!(pump.next().await.is_some());
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(50), pump.next()).await;
+        assert!(waiting.is_err(), "a fifth item went out without an ack");
+        pump.acknowledge(2);
+        for _ in 0..2 {
+            assert!(pump.next().await.is_some());
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(50), pump.next()).await;
+        assert!(waiting.is_err());
+    }
+
+    #[tokio::test]
     async fn a_parked_stream_is_taken_once_and_expires() {
         let registry = StreamRegistry::new(ReplayConfig {
             detached_timeout: Duration::from_millis(50),
@@ -508,7 +579,13 @@ mod tests {
     async fn a_live_stream_is_handed_over_by_its_connection() {
         let registry = StreamRegistry::new(ReplayConfig::default());
         let (handovers, mut requests) = mpsc::unbounded_channel();
-        let producer = registry.open(Arc::from("c"), 1, futures_util::stream::empty().boxed(), &handovers);
+        let producer = registry.open(
+            Arc::from("c"),
+            1,
+            None,
+            futures_util::stream::empty().boxed(),
+            &handovers,
+        );
         let owner = tokio::spawn(async move {
             let request: Handover = requests.recv().await.unwrap();
             assert_eq!(&*request.stream_id, "c");
