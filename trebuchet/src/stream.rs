@@ -15,7 +15,9 @@ use crate::protocol::{Encoding, Payload, RemoteError};
 ///
 /// The actor builds one from any stream ([`ActorStream::new`]); the caller reads `Ok(item)`s until
 /// the stream ends, or one `Err` and then the end: the actor's own stream error, or `unavailable`
-/// when the connection was lost. Dropping it stops the stream: the server drops the actor's stream
+/// when the client gave up reconnecting. A lost connection alone does not end it: the client
+/// resumes the stream on the next one. The one `Err` after which items still come is a
+/// [`StreamGap`] (see [`RemoteError::stream_gap`]). Dropping it stops the stream: the server drops the actor's stream
 /// too (a remote caller sends `cancel`).
 pub struct ActorStream<T> {
     items: BoxStream<'static, Result<T, RemoteError>>,
