@@ -13,9 +13,7 @@ use common::{Probe, ProbeActor, ProbeClient};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use trebuchet::client::ReconnectPolicy;
-use trebuchet::{
-    ActorSystem, ClientConfig, Encoding, ServerConfig, ServerHandle, Transport,
-};
+use trebuchet::{ActorSystem, ClientConfig, Encoding, ServerConfig, ServerHandle, Transport};
 
 #[derive(Clone, Copy, Debug)]
 enum Wire {
@@ -69,9 +67,7 @@ async fn ten_thousand_items_survive_a_cut_every_hundred(wire: Wire) {
         .await
         .expect("the stream stalled")
     {
-        let item = item.unwrap_or_else(|error| {
-            panic!("after item {:?}: {error}", received.last())
-        });
+        let item = item.unwrap_or_else(|error| panic!("after item {:?}: {error}", received.last()));
         received.push(item);
         if received.len() % 100 == 0 {
             proxy.cut();
@@ -208,9 +204,9 @@ async fn stream_window_and_ack_in_json() {
     server.shutdown().await;
 }
 
-async fn ws_json(url: &str) -> tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-> {
+async fn ws_json(
+    url: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     tokio_tungstenite::connect_async(url).await.unwrap().0
 }
 
@@ -255,7 +251,10 @@ async fn stream_resume_in_json_continues_or_restarts() {
         "type": "streamResume", "streamId": stream_id, "lastSequence": 5,
         "actorId": "probe", "method": "count_up", "args": {"to": 1000000}, "callId": 7
     });
-    second.send(Message::text(resume.to_string())).await.unwrap();
+    second
+        .send(Message::text(resume.to_string()))
+        .await
+        .unwrap();
     for expected in 6..=10u64 {
         let item = next_json(&mut second).await;
         assert_eq!(item["type"], "streamData", "{item}");
@@ -274,7 +273,10 @@ async fn stream_resume_in_json_continues_or_restarts() {
         "lastSequence": 41, "actorId": "probe", "method": "count_up", "args": {"to": 3},
         "callId": 8
     });
-    second.send(Message::text(unknown.to_string())).await.unwrap();
+    second
+        .send(Message::text(unknown.to_string()))
+        .await
+        .unwrap();
     // Items of the cancelled stream written before the cancel may still come first.
     let restart = loop {
         let envelope = next_json(&mut second).await;

@@ -16,8 +16,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::protocol::{
-    Cancel, Encoding, Envelope, Invocation, Metadata, Payload, RemoteError, Response, StreamData,
-    StreamAck, StreamEnd, StreamError, StreamResume, StreamStart, bincode_config, decode_bincode,
+    Cancel, Encoding, Envelope, Invocation, Metadata, Payload, RemoteError, Response, StreamAck,
+    StreamData, StreamEnd, StreamError, StreamResume, StreamStart, bincode_config, decode_bincode,
 };
 
 /// One transport message: the bytes of one envelope and how they are encoded.

@@ -66,7 +66,10 @@ enum Answer {
 
 /// One event of an open stream, in the stream's channel.
 enum StreamItem {
-    Data { sequence_number: u64, data: Payload },
+    Data {
+        sequence_number: u64,
+        data: Payload,
+    },
     /// Items were missed before the next one (the stream goes on).
     Gap(StreamGap),
     Failed(RemoteError),
@@ -143,7 +146,12 @@ impl StreamTable {
     }
 
     /// A new stream, answered with `streamStart` to the call `key`.
-    fn open(&self, key: u64, stream_id: String, call: Arc<StreamCall>) -> mpsc::Receiver<StreamItem> {
+    fn open(
+        &self,
+        key: u64,
+        stream_id: String,
+        call: Arc<StreamCall>,
+    ) -> mpsc::Receiver<StreamItem> {
         let (feed, items) = mpsc::channel(STREAM_BUFFER);
         let mut routes = self.routes();
         routes.by_stream_id.insert(stream_id.clone(), key);
@@ -198,7 +206,11 @@ impl StreamTable {
     }
 
     /// The server restarted the stream resumed with `call_id` as `stream_id`: route it there.
-    fn restarted(&self, call_id: u64, stream_id: String) -> Option<(mpsc::Sender<StreamItem>, StreamGap)> {
+    fn restarted(
+        &self,
+        call_id: u64,
+        stream_id: String,
+    ) -> Option<(mpsc::Sender<StreamItem>, StreamGap)> {
         let mut routes = self.routes();
         let key = routes.resuming.remove(&call_id)?;
         let route = routes.routes.get_mut(&key)?;

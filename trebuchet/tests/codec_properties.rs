@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 use trebuchet::codec::{self, Frame};
 use trebuchet::protocol::{
-    Cancel, Envelope, Invocation, Response, StreamAck, StreamData, StreamEnd, StreamError, StreamResume,
-    StreamStart,
+    Cancel, Envelope, Invocation, Response, StreamAck, StreamData, StreamEnd, StreamError,
+    StreamResume, StreamStart,
 };
 use trebuchet::{Encoding, ErrorCode, Metadata, Payload, RemoteError};
 

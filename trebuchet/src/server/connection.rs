@@ -18,8 +18,8 @@ use tower_service::Service;
 
 use crate::codec::{self, encode_or_internal};
 use crate::protocol::{
-    Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response, StreamData,
-    STREAM_WINDOW_METADATA, StreamEnd, StreamError, StreamResume, StreamStart,
+    Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response,
+    STREAM_WINDOW_METADATA, StreamData, StreamEnd, StreamError, StreamResume, StreamStart,
 };
 use crate::server::streams::{Handover, Producer, Pump, StreamEvent, StreamRegistry};
 use crate::server::{Call, ConnectionInfo, ServerConfig};
@@ -47,7 +47,8 @@ fn new_stream_id() -> Arc<str> {
     let mut random = [0u8; 16];
     if getrandom::fill(&mut random).is_err() {
         // No OS randomness (never seen in practice): ids stay unique, only less secret.
-        random = ((u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..))).to_le_bytes();
+        random =
+            ((u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..))).to_le_bytes();
     }
     let value = u128::from_le_bytes(random);
     let (high, low) = ((value >> 64) as u64, value as u64);

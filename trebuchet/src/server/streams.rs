@@ -377,7 +377,8 @@ impl StreamRegistry {
 
     /// Registers a stream as live on the connection behind `handovers`.
     pub(crate) fn attach(&self, stream_id: Arc<str>, handovers: &HandoverSender) {
-        self.slots().insert(stream_id, Slot::Live(handovers.clone()));
+        self.slots()
+            .insert(stream_id, Slot::Live(handovers.clone()));
     }
 
     /// Forgets a stream that ended or was cancelled.
@@ -484,9 +485,14 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..take {
             match pump.next().await {
-                Some((_, _, _, StreamEvent::Data { sequence_number, .. })) => {
-                    seen.push(sequence_number)
-                }
+                Some((
+                    _,
+                    _,
+                    _,
+                    StreamEvent::Data {
+                        sequence_number, ..
+                    },
+                )) => seen.push(sequence_number),
                 _ => break,
             }
         }
@@ -495,7 +501,8 @@ mod tests {
 
     #[tokio::test]
     async fn resuming_replays_what_the_buffer_holds_then_goes_on() {
-        let (seen, mut producer) = sequence_numbers(producer(20, ReplayConfig::default()), 10).await;
+        let (seen, mut producer) =
+            sequence_numbers(producer(20, ReplayConfig::default()), 10).await;
         assert_eq!(seen, (1..=10).collect::<Vec<_>>());
         assert!(producer.resume_after(7));
         let (seen, _) = sequence_numbers(producer, 5).await;
