@@ -341,10 +341,9 @@ where
             registry.park(pump.stream_id.clone(), producer);
         }
     }
-    // So do those a client resumed here while this connection was ending.
-    while let Some(request) = handover_requests.try_recv().ok() {
-        drop(request);
-    }
+    // A resume that asked this connection for a stream meanwhile finds it parked: dropping its
+    // request tells it to look again.
+    drop(handover_requests);
     let _ = io.close().await;
     ending
 }
