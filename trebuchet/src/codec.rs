@@ -68,12 +68,53 @@ impl DecodeError {
 pub fn encode(envelope: &Envelope, encoding: Encoding) -> Result<Frame, EncodeError> {
     let data = match encoding {
         Encoding::Json => Bytes::from(serde_json::to_vec(&JsonFrame::from_envelope(envelope)?)?),
-        Encoding::Bincode => Bytes::from(bincode::serde::encode_to_vec(
-            BinaryRef::from(envelope),
-            bincode_config(),
-        )?),
+        Encoding::Bincode => {
+            // Sized up front: growing the buffer while writing costs more than the encoding.
+            let mut buffer = Vec::with_capacity(binary_size_hint(envelope));
+            bincode::serde::encode_into_std_write(
+                BinaryRef::from(envelope),
+                &mut buffer,
+                bincode_config(),
+            )?;
+            Bytes::from(buffer)
+        }
     };
     Ok(Frame { encoding, data })
+}
+
+/// About the size of `envelope` in bincode (at least; a little more is fine).
+fn binary_size_hint(envelope: &Envelope) -> usize {
+    const FIXED: usize = 32;
+    FIXED
+        + match envelope {
+            Envelope::Invocation(invocation) => {
+                invocation.actor_id.len()
+                    + invocation.method.len()
+                    + invocation.args.len()
+                    + invocation
+                        .metadata
+                        .iter()
+                        .map(|(key, value)| key.len() + value.len() + 2)
+                        .sum::<usize>()
+            }
+            Envelope::Response(response) => match &response.outcome {
+                Ok(result) => result.len(),
+                Err(error) => error.message.len() + error.data.as_ref().map_or(0, Payload::len),
+            },
+            Envelope::StreamData(item) => item.stream_id.len() + item.data.len(),
+            Envelope::StreamResume(resume) => {
+                resume.stream_id.len()
+                    + resume.actor_id.len()
+                    + resume.method.len()
+                    + resume.args.len()
+                    + 64
+            }
+            Envelope::StreamError(failure) => failure.stream_id.len() + failure.error.message.len(),
+            Envelope::StreamStart(_)
+            | Envelope::StreamEnd(_)
+            | Envelope::Cancel(_)
+            | Envelope::StreamAck(_) => 48,
+        }
 }
 
 /// Encodes `envelope`; if that fails (a bug), an `internal` error response in its place (with the

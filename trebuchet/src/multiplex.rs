@@ -634,6 +634,10 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
     /// The next event, reading the current link; while reconnecting, waits for the next link
     /// (or for the client to give up: then `None`).
     async fn next_item(&mut self) -> Option<StreamItem> {
+        // Items routed already (the usual case while a stream flows) need no link.
+        if let Ok(item) = self.items.try_recv() {
+            return Some(item);
+        }
         loop {
             let state = self.link.borrow_and_update().clone();
             if let LinkState::Up(link) = state

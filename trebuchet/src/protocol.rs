@@ -195,7 +195,8 @@ pub struct Cancel {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Payload {
     encoding: Encoding,
-    bytes: Vec<u8>,
+    /// Shared, so a copy (a stream's replay buffer keeps one of each item) costs no allocation.
+    bytes: bytes::Bytes,
 }
 
 /// A value could not be turned into a [`Payload`] or read back from one.
@@ -255,9 +256,17 @@ impl Payload {
     ) -> Result<Payload, PayloadError> {
         let bytes = match encoding {
             Encoding::Json => serde_json::to_vec(value)?,
-            Encoding::Bincode => bincode::serde::encode_to_vec(value, bincode_config())?,
+            Encoding::Bincode => {
+                // (Starting at a typical small value's size saves the first few regrowths.)
+                let mut bytes = Vec::with_capacity(64);
+                bincode::serde::encode_into_std_write(value, &mut bytes, bincode_config())?;
+                bytes
+            }
         };
-        Ok(Payload { encoding, bytes })
+        Ok(Payload {
+            encoding,
+            bytes: bytes.into(),
+        })
     }
 
     /// Deserializes the payload as a `T`.
@@ -276,7 +285,10 @@ impl Payload {
 
     /// A payload of `bytes` already encoded in `encoding` (not checked until decoded).
     pub fn from_bytes(encoding: Encoding, bytes: Vec<u8>) -> Payload {
-        Payload { encoding, bytes }
+        Payload {
+            encoding,
+            bytes: bytes.into(),
+        }
     }
 
     /// A JSON payload from JSON text (checked to be one valid JSON value).
@@ -288,7 +300,7 @@ impl Payload {
     pub(crate) fn from_raw_json(raw: &RawValue) -> Payload {
         Payload {
             encoding: Encoding::Json,
-            bytes: raw.get().as_bytes().to_vec(),
+            bytes: bytes::Bytes::copy_from_slice(raw.get().as_bytes()),
         }
     }
 
@@ -297,11 +309,11 @@ impl Payload {
         match encoding {
             Encoding::Json => Payload {
                 encoding,
-                bytes: b"{}".to_vec(),
+                bytes: bytes::Bytes::from_static(b"{}"),
             },
             Encoding::Bincode => Payload {
                 encoding,
-                bytes: Vec::new(),
+                bytes: bytes::Bytes::new(),
             },
         }
     }
@@ -379,7 +391,7 @@ impl<'de> Deserialize<'de> for Payload {
             let (encoding, bytes): (Encoding, ByteBuf) = Deserialize::deserialize(deserializer)?;
             Ok(Payload {
                 encoding,
-                bytes: bytes.0,
+                bytes: bytes.0.into(),
             })
         }
     }
@@ -556,7 +568,9 @@ mod tests {
     #[test]
     fn bincode_payload_rejects_trailing_bytes() {
         let mut payload = Payload::encode(&1u8, Encoding::Bincode).unwrap();
-        payload.bytes.push(0);
+        let mut bytes = payload.bytes.to_vec();
+        bytes.push(0);
+        payload.bytes = bytes.into();
         assert!(matches!(
             payload.decode::<u8>(),
             Err(PayloadError::TrailingBytes(1))
@@ -569,10 +583,7 @@ mod tests {
         let mut bytes = vec![253u8];
         bytes.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
         bytes.push(b'x');
-        let payload = Payload {
-            encoding: Encoding::Bincode,
-            bytes,
-        };
+        let payload = Payload::from_bytes(Encoding::Bincode, bytes);
         assert!(payload.decode::<String>().is_err());
     }
 
