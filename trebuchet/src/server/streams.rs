@@ -46,6 +46,10 @@ pub struct ReplayConfig {
     /// How long a resume waits for the connection that still has the stream to hand it over
     /// (default 5 s); past it the stream is restarted.
     pub handover_timeout: Duration,
+    /// The most streams a server keeps parked at once (default 4096), ended ones included, so
+    /// that clients that vanish cannot make it hold buffers without bound; past it a stream
+    /// whose connection goes away is dropped (a later resume restarts it).
+    pub max_parked_streams: usize,
 }
 
 impl Default for ReplayConfig {
@@ -56,6 +60,7 @@ impl Default for ReplayConfig {
             max_age: Duration::from_secs(30),
             detached_timeout: Duration::from_secs(30),
             handover_timeout: Duration::from_secs(5),
+            max_parked_streams: 4096,
         }
     }
 }
@@ -340,10 +345,43 @@ enum Slot {
     },
 }
 
+/// The slots by stream id, and how many are parked.
+#[derive(Default)]
+struct Slots {
+    by_id: HashMap<Arc<str>, Slot>,
+    parked: usize,
+}
+
+impl Slots {
+    fn get(&self, stream_id: &str) -> Option<&Slot> {
+        self.by_id.get(stream_id)
+    }
+
+    fn insert(&mut self, stream_id: Arc<str>, slot: Slot) {
+        if matches!(slot, Slot::Parked { .. }) {
+            self.parked += 1;
+        }
+        let old = self.by_id.insert(stream_id, slot);
+        self.count_out(&old);
+    }
+
+    fn remove(&mut self, stream_id: &str) -> Option<Slot> {
+        let old = self.by_id.remove(stream_id);
+        self.count_out(&old);
+        old
+    }
+
+    fn count_out(&mut self, old: &Option<Slot>) {
+        if matches!(old, Some(Slot::Parked { .. })) {
+            self.parked -= 1;
+        }
+    }
+}
+
 /// Every open stream of one server, by stream id.
 pub(crate) struct StreamRegistry {
     config: Arc<ReplayConfig>,
-    slots: Mutex<HashMap<Arc<str>, Slot>>,
+    slots: Mutex<Slots>,
     generations: AtomicU64,
 }
 
@@ -356,7 +394,7 @@ impl StreamRegistry {
         })
     }
 
-    fn slots(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
+    fn slots(&self) -> MutexGuard<'_, Slots> {
         self.slots
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -393,13 +431,24 @@ impl StreamRegistry {
             return;
         }
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        self.slots().insert(
-            stream_id.clone(),
-            Slot::Parked {
-                producer,
-                generation,
-            },
-        );
+        {
+            let mut slots = self.slots();
+            let replaces_parked = matches!(slots.get(&stream_id), Some(Slot::Parked { .. }));
+            if slots.parked >= self.config.max_parked_streams && !replaces_parked {
+                tracing::warn!(%stream_id, limit = self.config.max_parked_streams, "too many parked streams; this one cannot be resumed");
+                let dropped = slots.remove(&stream_id);
+                drop(slots);
+                drop((dropped, producer));
+                return;
+            }
+            slots.insert(
+                stream_id.clone(),
+                Slot::Parked {
+                    producer,
+                    generation,
+                },
+            );
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -580,6 +629,24 @@ mod tests {
         registry.park(Arc::from("b"), producer(3, ReplayConfig::default()));
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(registry.take("b").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn parking_is_bounded() {
+        let registry = StreamRegistry::new(ReplayConfig {
+            max_parked_streams: 2,
+            ..ReplayConfig::default()
+        });
+        for id in ["a", "b", "c"] {
+            registry.park(Arc::from(id), producer(3, ReplayConfig::default()));
+        }
+        assert_eq!(registry.slots().parked, 2);
+        assert!(registry.take("c").await.is_none(), "over the limit");
+        assert!(registry.take("a").await.is_some());
+        assert_eq!(registry.slots().parked, 1);
+        // Parking a stream again (it ended after a resume) does not count it twice.
+        registry.park(Arc::from("b"), producer(3, ReplayConfig::default()));
+        assert_eq!(registry.slots().parked, 1);
     }
 
     #[tokio::test]
