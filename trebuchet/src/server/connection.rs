@@ -113,6 +113,9 @@ where
     let mut reply_encoding = first_encoding;
     let grace = tokio::time::sleep(config.shutdown_grace);
     tokio::pin!(grace);
+    // Made once: a new one per turn of the loop would register with the token every time.
+    let shutdown_signal = shutdown.cancelled();
+    tokio::pin!(shutdown_signal);
     let mut draining = false;
 
     let ending = 'serve: loop {
@@ -208,7 +211,7 @@ where
                     }
                 }
             }
-            _ = shutdown.cancelled(), if !draining => {
+            _ = &mut shutdown_signal, if !draining => {
                 draining = true;
                 grace.as_mut().reset(tokio::time::Instant::now() + config.shutdown_grace);
                 // Streams may never end by themselves: end them now, telling their clients why.
