@@ -100,7 +100,7 @@ async fn demo() -> anyhow::Result<()> {
         "websocket: get() -> {} (kept from earlier runs)",
         counter.get().await?
     );
-    let mut changes = counter.observe_state().await?;
+    let mut values = counter.observe().await?;
     println!("websocket: increment(5) -> {}", counter.increment(5).await?);
 
     let calls = (0..10).map(|_| counter.increment(1));
@@ -114,9 +114,9 @@ async fn demo() -> anyhow::Result<()> {
         other => anyhow::bail!("expected the typed Overflow error, got {other:?}"),
     }
 
-    let first = changes.next().await.transpose()?.map(|state| state.value);
-    println!("websocket: observe_state() saw {first:?} first, after the first increment");
-    drop(changes);
+    let first = values.next().await.transpose()?;
+    println!("websocket: observe() saw {first:?} first, after the first increment");
+    drop(values);
 
     let local = system.connect(Transport::Local).await?;
     let in_process: CounterClient = local.actor("counter");

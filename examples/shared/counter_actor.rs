@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use trebuchet::state::{ActorStateStore, State, StatefulActor};
-use trebuchet::{RemoteError, distributed_actor};
+use trebuchet::{ActorStream, RemoteError, distributed_actor};
 
 /// What can go wrong when counting.
 #[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -27,6 +28,10 @@ pub trait Counter {
     async fn increment(&self, by: u64) -> Result<u64, CounterError>;
     /// The current value.
     async fn get(&self) -> Result<u64, CounterError>;
+    /// The counter's value after each change from now on, as it happens (a slow reader skips to
+    /// the latest value).
+    #[stream]
+    async fn observe(&self) -> Result<ActorStream<u64>, CounterError>;
 }
 
 /// The counter's persistent state.
@@ -61,6 +66,12 @@ impl Counter for PersistentCounter {
 
     async fn get(&self) -> Result<u64, CounterError> {
         Ok(self.state.get().await?.value)
+    }
+
+    async fn observe(&self) -> Result<ActorStream<u64>, CounterError> {
+        Ok(ActorStream::new(
+            self.state.changes().map(|state: CounterState| state.value),
+        ))
     }
 }
 
