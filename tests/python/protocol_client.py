@@ -774,6 +774,58 @@ def check_websocket_fragments(url):
 # --------------------------------------------------------------------------------------------
 
 
+def await_response_and_item(client, call_id, stream_id, what):
+    """The response to call_id and one streamData of stream_id, in whichever order they come."""
+    response = item = None
+    while response is None or item is None:
+        envelope = client.recv()
+        kind = envelope.get("type")
+        if kind == "response" and envelope.get("callId") == call_id and response is None:
+            response = int_result(envelope, what)
+        elif kind == "streamData" and envelope.get("streamId") == stream_id and item is None:
+            item = envelope
+        else:
+            raise CheckFailed(f"{what}: unexpected {short(envelope)}")
+    if item.get("data") != response:
+        raise CheckFailed(f"{what}: the stream item {short(item)} is not the new value {response}")
+    return item
+
+
+@check("12 stream: observe -> streamStart, a streamData per change; after the connection is lost, "
+       "streamResume on a new one goes on with the same streamId; cancel by the resume's callId")
+def check_stream_resume(url):
+    first = Client(url)
+    try:
+        call_id = first.invoke("observe", {})
+        start = first.recv()
+        if start.get("type") != "streamStart" or start.get("callId") != call_id:
+            raise CheckFailed(f"expected streamStart for callId {call_id}, got {short(start)}")
+        stream_id = start.get("streamId")
+        if not isinstance(stream_id, str) or not stream_id:
+            raise CheckFailed(f"streamStart without a streamId: {short(start)}")
+        item = await_response_and_item(first, first.invoke("increment", {"by": 1}), stream_id,
+                                       "increment while observing")
+        if item.get("sequenceNumber") != 1:
+            raise CheckFailed(f"first item numbered {item.get('sequenceNumber')}, not 1")
+    finally:
+        first.close()  # the connection goes away; the stream was not cancelled
+    with Client(url) as second:
+        resume_call = 900
+        second.send({"type": "streamResume", "streamId": stream_id, "lastSequence": 1,
+                     "actorId": ACTOR, "method": "observe", "args": {}, "callId": resume_call})
+        item = await_response_and_item(second, second.invoke("increment", {"by": 1}), stream_id,
+                                       "increment after streamResume")
+        if item.get("sequenceNumber") != 2:
+            raise CheckFailed(f"the resumed stream's next item is numbered "
+                              f"{item.get('sequenceNumber')}, not 2")
+        second.send({"type": "cancel", "callId": resume_call})
+        # After the cancel the stream sends nothing more: a change is answered with its response
+        # alone.
+        call_id = second.invoke("increment", {"by": 1})
+        int_result(second.recv_response(call_id), "increment after cancelling the stream")
+        assert_usable(second, "cancelling a resumed stream")
+
+
 def main(argv):
     if len(argv) != 2:
         print(f"usage: {argv[0]} ws://HOST:PORT/", file=sys.stderr)
