@@ -61,7 +61,8 @@ type ReaderTurn<Io> = tokio::sync::OwnedMutexGuard<SplitStream<Io>>;
 /// What a call gets back: a response, or the start of a stream.
 enum Answer {
     Value(Outcome),
-    Stream(mpsc::Receiver<StreamItem>),
+    /// The stream's items, and its id on the server.
+    Stream(mpsc::Receiver<StreamItem>, String),
 }
 
 /// One event of an open stream, in the stream's channel.
@@ -260,7 +261,7 @@ impl StreamTable {
             .collect()
     }
 
-    /// The server id of stream `key`, unless it was restarted more than `restarts` times.
+    /// The server id of stream `key`, unless it was restarted other than `restarts` times.
     fn stream_id(&self, key: u64, restarts: u64) -> Option<String> {
         let routes = self.routes();
         let route = routes.routes.get(&key)?;
@@ -493,12 +494,13 @@ impl<Io: FrameIo + 'static> Link<Io> {
             }
             Envelope::StreamStart(start) => {
                 if let Some(waiter) = self.take_waiter(start.call_id) {
+                    let stream_id = start.stream_id.clone();
                     let items = match waiter.stream {
                         Some(call) => self.streams.open(start.call_id, start.stream_id, call),
                         // Not a stream call: the caller refuses the stream.
                         None => mpsc::channel(1).1,
                     };
-                    let _ = waiter.reply.send(Answer::Stream(items));
+                    let _ = waiter.reply.send(Answer::Stream(items, stream_id));
                 } else if let Some((feed, gap)) =
                     self.streams.restarted(start.call_id, start.stream_id)
                 {
@@ -573,6 +575,8 @@ struct StreamConsumer<Io: FrameIo + 'static> {
     taken: u64,
     acked: u64,
     restarts: u64,
+    /// The stream's id on the server, as of the items being taken (what acks name).
+    stream_id: Option<String>,
 }
 
 impl<Io: FrameIo + 'static> StreamConsumer<Io> {
@@ -595,11 +599,16 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
                 if gap.resumed_at.is_none() {
                     self.restarts += 1;
                     (self.taken, self.acked) = (0, 0);
+                    self.stream_id = self.streams.stream_id(self.key, self.restarts);
                 }
                 (Some(Err(gap.into_error())), false)
             }
+            Some(StreamItem::End) => {
+                // Tells the server we have it all: it need not keep the ended stream for us.
+                self.acknowledge().await;
+                (None, true)
+            }
             Some(StreamItem::Failed(error)) => (Some(Err(error)), true),
-            Some(StreamItem::End) => (None, true),
             None => (
                 Some(Err(RemoteError::unavailable(
                     "the connection was lost before the stream ended and could not be re-established",
@@ -615,7 +624,7 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
     /// next, or by the `streamResume` after a reconnect).
     async fn acknowledge(&mut self) {
         self.acked = self.taken;
-        let Some(stream_id) = self.streams.stream_id(self.key, self.restarts) else {
+        let Some(stream_id) = self.stream_id.clone() else {
             return;
         };
         let link = match &*self.link.borrow() {
@@ -847,7 +856,7 @@ impl<C: Connector> Multiplexed<C> {
     async fn call(&self, actor_id: &str, method: &str, args: Payload) -> Outcome {
         match self.exchange(actor_id, method, args, false).await? {
             (_, _, Answer::Value(outcome)) => outcome,
-            (link, call_id, Answer::Stream(_)) => {
+            (link, call_id, Answer::Stream(..)) => {
                 self.send_cancel(&link, call_id);
                 Err(RemoteError::internal(format!(
                     "{actor_id}.{method} answered with a stream, not a value"
@@ -863,7 +872,7 @@ impl<C: Connector> Multiplexed<C> {
         args: Payload,
     ) -> Result<PayloadStream, RemoteError> {
         match self.exchange(actor_id, method, args, true).await? {
-            (_, call_id, Answer::Stream(items)) => {
+            (_, call_id, Answer::Stream(items, stream_id)) => {
                 let consumer = StreamConsumer {
                     link: self.link.clone(),
                     streams: self.streams.clone(),
@@ -874,6 +883,7 @@ impl<C: Connector> Multiplexed<C> {
                     taken: 0,
                     acked: 0,
                     restarts: 0,
+                    stream_id: Some(stream_id),
                 };
                 Ok(
                     futures_util::stream::unfold(consumer, |mut consumer| async move {

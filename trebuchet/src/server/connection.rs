@@ -276,8 +276,12 @@ where
                     }
                     Envelope::StreamAck(ack) => {
                         // (A stream that already ended, or is not here, needs no more acks.)
-                        if let Some(pump) = streams.iter_mut().find(|pump| *pump.stream_id == *ack.stream_id) {
-                            pump.acknowledge(ack.sequence_number);
+                        let pumped = streams
+                            .iter_mut()
+                            .find(|pump| *pump.stream_id == *ack.stream_id)
+                            .is_some_and(|pump| pump.acknowledge(ack.sequence_number));
+                        if !pumped {
+                            registry.acknowledge_ended(&ack.stream_id, ack.sequence_number);
                         }
                     }
                     Envelope::Cancel(cancel) => {

@@ -249,10 +249,14 @@ impl Pump {
         self.producer = Some(producer);
     }
 
-    /// A `streamAck` for this stream.
-    pub(crate) fn acknowledge(&mut self, sequence_number: u64) {
-        if let Some(producer) = self.producer.as_mut() {
-            producer.acknowledge(sequence_number);
+    /// A `streamAck` for this stream; `false` if the pump no longer has it (it ended).
+    pub(crate) fn acknowledge(&mut self, sequence_number: u64) -> bool {
+        match self.producer.as_mut() {
+            Some(producer) => {
+                producer.acknowledge(sequence_number);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -345,11 +349,14 @@ enum Slot {
     },
 }
 
-/// The slots by stream id, and how many are parked.
+/// The slots by stream id, and how many are parked (streams that were still going when their
+/// connection went away, and streams that ended, counted apart so that the many short streams
+/// that end normally never crowd out the ones a client will resume).
 #[derive(Default)]
 struct Slots {
     by_id: HashMap<Arc<str>, Slot>,
     parked: usize,
+    ended: usize,
 }
 
 impl Slots {
@@ -358,8 +365,10 @@ impl Slots {
     }
 
     fn insert(&mut self, stream_id: Arc<str>, slot: Slot) {
-        if matches!(slot, Slot::Parked { .. }) {
-            self.parked += 1;
+        match &slot {
+            Slot::Parked { producer, .. } if producer.terminal.is_some() => self.ended += 1,
+            Slot::Parked { .. } => self.parked += 1,
+            Slot::Live(_) => {}
         }
         let old = self.by_id.insert(stream_id, slot);
         self.count_out(&old);
@@ -372,8 +381,10 @@ impl Slots {
     }
 
     fn count_out(&mut self, old: &Option<Slot>) {
-        if matches!(old, Some(Slot::Parked { .. })) {
-            self.parked -= 1;
+        match old {
+            Some(Slot::Parked { producer, .. }) if producer.terminal.is_some() => self.ended -= 1,
+            Some(Slot::Parked { .. }) => self.parked -= 1,
+            Some(Slot::Live(_)) | None => {}
         }
     }
 }
@@ -433,9 +444,15 @@ impl StreamRegistry {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         {
             let mut slots = self.slots();
+            let ended = producer.terminal.is_some();
             let replaces_parked = matches!(slots.get(&stream_id), Some(Slot::Parked { .. }));
-            if slots.parked >= self.config.max_parked_streams && !replaces_parked {
-                tracing::warn!(%stream_id, limit = self.config.max_parked_streams, "too many parked streams; this one cannot be resumed");
+            let count = if ended { slots.ended } else { slots.parked };
+            if count >= self.config.max_parked_streams && !replaces_parked {
+                if ended {
+                    tracing::debug!(%stream_id, "too many ended streams kept; not keeping this one");
+                } else {
+                    tracing::warn!(%stream_id, limit = self.config.max_parked_streams, "too many parked streams; this one cannot be resumed");
+                }
                 let dropped = slots.remove(&stream_id);
                 drop(slots);
                 drop((dropped, producer));
@@ -472,6 +489,20 @@ impl StreamRegistry {
                 drop(expired);
             }
         });
+    }
+
+    /// A `streamAck` for a stream no connection pumps: if the stream ended and the client has
+    /// every item, what was kept of it is released at once.
+    pub(crate) fn acknowledge_ended(&self, stream_id: &str, sequence_number: u64) {
+        let mut slots = self.slots();
+        if let Some(Slot::Parked { producer, .. }) = slots.get(stream_id)
+            && producer.terminal.is_some()
+            && sequence_number >= producer.sequence
+        {
+            let released = slots.remove(stream_id);
+            drop(slots);
+            drop(released);
+        }
     }
 
     /// Takes a stream over for a connection that resumes it: from the parking, or from the
@@ -642,6 +673,17 @@ mod tests {
         }
         assert_eq!(registry.slots().parked, 2);
         assert!(registry.take("c").await.is_none(), "over the limit");
+        // Ended streams have a budget of their own.
+        let mut ended = producer(3, ReplayConfig::default());
+        ended.terminal = Some(Terminal::End);
+        registry.park(Arc::from("e"), ended);
+        {
+            let slots = registry.slots();
+            assert_eq!((slots.parked, slots.ended), (2, 1));
+        }
+        // The client acknowledging every item releases an ended stream at once.
+        registry.acknowledge_ended("e", 0);
+        assert_eq!(registry.slots().ended, 0);
         assert!(registry.take("a").await.is_some());
         assert_eq!(registry.slots().parked, 1);
         // Parking a stream again (it ended after a resume) does not count it twice.
