@@ -10,11 +10,10 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tarpc::server::Channel;
 use tarpc::tokio_serde::formats::Bincode;
-use trebuchet::{ActorSystem, ClientConfig, Transport};
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{Echo, EchoActor, EchoClient, PAYLOAD};
+use support::{Echo, EchoClient, PAYLOAD};
 
 const IN_FLIGHT: usize = 64;
 
@@ -81,19 +80,7 @@ where
 fn tcp_pipelined(c: &mut Criterion) {
     let rt = support::runtime();
     let (echo, tarpc, _server) = rt.block_on(async {
-        let system = ActorSystem::new();
-        system.expose("echo", EchoActor.into_actor()).unwrap();
-        let server = system
-            .serve_tcp("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let mut config = ClientConfig::default();
-        config.connections = 1;
-        let client = system
-            .connect_with(Transport::Tcp(server.local_addr().to_string()), config)
-            .await
-            .unwrap();
-        let echo: EchoClient = client.actor("echo");
+        let (echo, server) = support::serve_echo(support::Wire::Tcp).await;
         (echo, tarpc_client().await, server)
     });
     println!("tcp_pipelined: one connection, {IN_FLIGHT} calls in flight, {PAYLOAD}-byte payloads");

@@ -8,10 +8,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{Echo, EchoActor, EchoClient, PAYLOAD};
+use support::{Echo, PAYLOAD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use trebuchet::{ActorSystem, Transport};
 
 /// The size on the wire of one `echo` call: length prefix and bincode envelope.
 fn request_size() -> usize {
@@ -46,17 +45,7 @@ fn tcp_rpc(c: &mut Criterion) {
     let rt = support::runtime();
     let size = request_size();
     let (echo, raw_address, _server) = rt.block_on(async {
-        let system = ActorSystem::new();
-        system.expose("echo", EchoActor.into_actor()).unwrap();
-        let server = system
-            .serve_tcp("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let client = system
-            .connect(Transport::Tcp(server.local_addr().to_string()))
-            .await
-            .unwrap();
-        let echo: EchoClient = client.actor("echo");
+        let (echo, server) = support::serve_echo(support::Wire::Tcp).await;
         (echo, raw_echo_server(size).await, server)
     });
     println!("tcp_rpc: {PAYLOAD}-byte argument; {size} bytes on the wire per request, both sides");

@@ -10,10 +10,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 #[path = "support/mod.rs"]
 mod support;
 use futures_util::{SinkExt, StreamExt};
-use support::{Echo, EchoActor, EchoClient, PAYLOAD};
+use support::{Echo, PAYLOAD};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use trebuchet::{ActorSystem, Transport};
 
 async fn raw_echo_server() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -37,17 +36,7 @@ async fn raw_echo_server() -> String {
 fn ws_rpc(c: &mut Criterion) {
     let rt = support::runtime();
     let (echo, raw_url, _server) = rt.block_on(async {
-        let system = ActorSystem::new();
-        system.expose("echo", EchoActor.into_actor()).unwrap();
-        let server = system
-            .serve_websocket("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let client = system
-            .connect(Transport::WebSocket(server.url().into()))
-            .await
-            .unwrap();
-        let echo: EchoClient = client.actor("echo");
+        let (echo, server) = support::serve_echo(support::Wire::WebSocket).await;
         (echo, raw_echo_server().await, server)
     });
     let frame_size = support::echo_request_frame_size();

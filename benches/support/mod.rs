@@ -13,7 +13,10 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 use trebuchet::codec;
 use trebuchet::protocol::{Envelope, Invocation};
-use trebuchet::{Encoding, Metadata, Payload, RemoteError, distributed_actor};
+use trebuchet::{
+    ActorSystem, ClientConfig, Encoding, Metadata, Payload, RemoteError, ServerHandle, Transport,
+    distributed_actor,
+};
 
 /// The size of the argument of the RPC benches' calls, in bytes.
 pub const PAYLOAD: usize = 64;
@@ -31,6 +34,35 @@ impl Echo for EchoActor {
     async fn echo(&self, data: Vec<u8>) -> Result<Vec<u8>, RemoteError> {
         Ok(data)
     }
+}
+
+/// The network transports the RPC benches call the echo actor over.
+pub enum Wire {
+    Tcp,
+    WebSocket,
+}
+
+/// The echo actor served on a free local port over `wire`, and a client of it on one connection.
+pub async fn serve_echo(wire: Wire) -> (EchoClient, ServerHandle) {
+    let system = ActorSystem::new();
+    system.expose("echo", EchoActor.into_actor()).unwrap();
+    let address = "127.0.0.1:0".parse().unwrap();
+    let (server, transport) = match wire {
+        Wire::Tcp => {
+            let server = system.serve_tcp(address).await.unwrap();
+            let transport = Transport::Tcp(server.local_addr().to_string());
+            (server, transport)
+        }
+        Wire::WebSocket => {
+            let server = system.serve_websocket(address).await.unwrap();
+            let transport = Transport::WebSocket(server.url().into());
+            (server, transport)
+        }
+    };
+    let mut config = ClientConfig::default();
+    config.connections = 1;
+    let client = system.connect_with(transport, config).await.unwrap();
+    (client.actor("echo"), server)
 }
 
 /// Prints the medians of the per-call batch means of both sides and their ratio.

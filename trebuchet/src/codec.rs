@@ -310,6 +310,9 @@ impl<'a> JsonFrame<'a> {
                 format!("malformed '{kind}' envelope: missing field '{field}'"),
             )
         };
+        // Most stream envelopes need these two.
+        let stream_id = self.stream_id.map(Cow::into_owned);
+        let sequence_number = self.sequence_number;
         let args = |raw: Option<&RawValue>| match raw {
             None => Ok(Payload::empty_args(Encoding::Json)),
             Some(raw) if raw.get().starts_with('{') => Ok(Payload::from_raw_json(raw)),
@@ -346,40 +349,23 @@ impl<'a> JsonFrame<'a> {
             }
             "streamStart" => Envelope::StreamStart(StreamStart {
                 call_id: call_id.ok_or_else(|| missing("callId"))?,
-                stream_id: self
-                    .stream_id
-                    .ok_or_else(|| missing("streamId"))?
-                    .into_owned(),
+                stream_id: stream_id.ok_or_else(|| missing("streamId"))?,
             }),
             "streamData" => Envelope::StreamData(StreamData {
-                stream_id: self
-                    .stream_id
-                    .ok_or_else(|| missing("streamId"))?
-                    .into_owned(),
-                sequence_number: self
-                    .sequence_number
-                    .ok_or_else(|| missing("sequenceNumber"))?,
+                stream_id: stream_id.ok_or_else(|| missing("streamId"))?,
+                sequence_number: sequence_number.ok_or_else(|| missing("sequenceNumber"))?,
                 data: Payload::from_raw_json(self.data.ok_or_else(|| missing("data"))?),
                 timestamp: self.timestamp.unwrap_or(0),
             }),
             "streamEnd" => Envelope::StreamEnd(StreamEnd {
-                stream_id: self
-                    .stream_id
-                    .ok_or_else(|| missing("streamId"))?
-                    .into_owned(),
+                stream_id: stream_id.ok_or_else(|| missing("streamId"))?,
             }),
             "streamError" => Envelope::StreamError(StreamError {
-                stream_id: self
-                    .stream_id
-                    .ok_or_else(|| missing("streamId"))?
-                    .into_owned(),
+                stream_id: stream_id.ok_or_else(|| missing("streamId"))?,
                 error: self.error.ok_or_else(|| missing("error"))?.into_remote(),
             }),
             "streamResume" => Envelope::StreamResume(StreamResume {
-                stream_id: self
-                    .stream_id
-                    .ok_or_else(|| missing("streamId"))?
-                    .into_owned(),
+                stream_id: stream_id.ok_or_else(|| missing("streamId"))?,
                 last_sequence: self.last_sequence.ok_or_else(|| missing("lastSequence"))?,
                 actor_id: self
                     .actor_id
@@ -391,13 +377,8 @@ impl<'a> JsonFrame<'a> {
                 metadata: self.metadata.map(Cow::into_owned).unwrap_or_default(),
             }),
             "streamAck" => Envelope::StreamAck(StreamAck {
-                stream_id: self
-                    .stream_id
-                    .ok_or_else(|| missing("streamId"))?
-                    .into_owned(),
-                sequence_number: self
-                    .sequence_number
-                    .ok_or_else(|| missing("sequenceNumber"))?,
+                stream_id: stream_id.ok_or_else(|| missing("streamId"))?,
+                sequence_number: sequence_number.ok_or_else(|| missing("sequenceNumber"))?,
             }),
             "cancel" => Envelope::Cancel(Cancel {
                 call_id: call_id.ok_or_else(|| missing("callId"))?,

@@ -73,9 +73,14 @@ pub struct StreamGap {
     pub resumed_at: Option<u64>,
 }
 
-impl StreamGap {
-    const DATA_FIELD: &'static str = "streamGap";
+/// The `data` of the error that carries a [`StreamGap`]: `{"streamGap": {...}}`.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GapData {
+    stream_gap: StreamGap,
+}
 
+impl StreamGap {
     /// The `unavailable` error that carries this gap.
     pub fn into_error(self) -> RemoteError {
         let message = match self.resumed_at {
@@ -89,9 +94,8 @@ impl StreamGap {
                 self.last_sequence
             ),
         };
-        let data = serde_json::json!({ Self::DATA_FIELD: self });
         let mut error = RemoteError::unavailable(message);
-        error.data = Payload::encode(&data, Encoding::Json).ok();
+        error.data = Payload::encode(&GapData { stream_gap: self }, Encoding::Json).ok();
         error
     }
 }
@@ -102,8 +106,8 @@ impl RemoteError {
         if self.code != crate::protocol::ErrorCode::Unavailable {
             return None;
         }
-        let data: serde_json::Value = self.data.as_ref()?.decode().ok()?;
-        serde_json::from_value(data.get(StreamGap::DATA_FIELD)?.clone()).ok()
+        let data: GapData = self.data.as_ref()?.decode().ok()?;
+        Some(data.stream_gap)
     }
 }
 

@@ -105,8 +105,6 @@ where
     let mut streams: SelectAll<Pump> = SelectAll::new();
     let mut open_streams: HashMap<u64, OpenStream> = HashMap::new();
     let mut resumptions: FuturesUnordered<Resumption> = FuturesUnordered::new();
-    // The flow-control window each call in flight asked for, if it did (used if it opens a stream).
-    let mut stream_windows: HashMap<u64, u64> = HashMap::new();
     let (handovers, mut handover_requests) = tokio::sync::mpsc::unbounded_channel::<Handover>();
     // Errors about frames that say nothing of their encoding are sent in the last one seen
     // (before any, in the transport's own).
@@ -124,11 +122,10 @@ where
         }
         tokio::select! {
             biased;
-            Some((call_id, encoding, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((call_id, encoding, window, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                 aborts.remove(&call_id);
                 let outcome: Result<Result<Reply, RemoteError>, Aborted> = outcome;
                 let Ok(outcome) = outcome else { continue }; // cancelled by the client
-                let window = stream_windows.remove(&call_id);
                 let sent = match outcome {
                     Ok(Reply::Stream(items)) if draining => {
                         drop(items);
@@ -204,9 +201,6 @@ where
                             args: resume.args,
                             metadata: resume.metadata,
                         };
-                        if let Some(window) = requested_window(&invocation) {
-                            stream_windows.insert(call_id, window);
-                        }
                         start_call(&mut service, invocation, encoding, &connection, &mut aborts, &mut in_flight).await;
                     }
                 }
@@ -269,9 +263,6 @@ where
                             }
                             continue;
                         }
-                        if let Some(window) = requested_window(&invocation) {
-                            stream_windows.insert(call_id, window);
-                        }
                         start_call(&mut service, invocation, frame.encoding, &connection, &mut aborts, &mut in_flight).await;
                     }
                     Envelope::StreamAck(ack) => {
@@ -285,7 +276,6 @@ where
                         }
                     }
                     Envelope::Cancel(cancel) => {
-                        stream_windows.remove(&cancel.call_id);
                         if let Some(abort) = aborts.remove(&cancel.call_id) {
                             abort.abort();
                         }
@@ -383,6 +373,7 @@ async fn start_call<S>(
     S::Future: Send + 'static,
 {
     let call_id = invocation.call_id;
+    let window = requested_window(&invocation);
     let call = Call::new(invocation, connection.clone());
     let future = match service.ready().await {
         Ok(service) => service.call(call).boxed(),
@@ -392,14 +383,22 @@ async fn start_call<S>(
     aborts.insert(call_id, abort);
     in_flight.push(
         Abortable::new(future, registration)
-            .map(move |outcome| (call_id, encoding, outcome))
+            .map(move |outcome| (call_id, encoding, window, outcome))
             .boxed(),
     );
 }
 
-/// A call in flight: its `callId`, the encoding to answer in, and its outcome (`Err(Aborted)`
-/// when the client cancelled it).
-type InFlight = BoxFuture<'static, (u64, Encoding, Result<Result<Reply, RemoteError>, Aborted>)>;
+/// A call in flight: its `callId`, the encoding to answer in, the flow-control window it asked
+/// for (used if it opens a stream), and its outcome (`Err(Aborted)` when the client cancelled it).
+type InFlight = BoxFuture<
+    'static,
+    (
+        u64,
+        Encoding,
+        Option<u64>,
+        Result<Result<Reply, RemoteError>, Aborted>,
+    ),
+>;
 
 /// Gives the stream `request` asks for to the connection that asked (if this one still pumps it).
 fn hand_over(

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -159,6 +159,17 @@ impl Producer {
         }
     }
 
+    /// The client has taken the items up to `sequence_number`.
+    pub(crate) fn acknowledge(&mut self, sequence_number: u64) {
+        let sequence_number = sequence_number.min(self.sequence);
+        if sequence_number > self.acked {
+            self.acked = sequence_number;
+            if let Some(waker) = self.waiting_for_ack.take() {
+                waker.wake();
+            }
+        }
+    }
+
     /// Prepares to continue after `last_sequence` (the last item the client saw): the items after
     /// it are sent again first. `false` if the buffer no longer holds them all.
     pub(crate) fn resume_after(&mut self, last_sequence: u64) -> bool {
@@ -191,19 +202,6 @@ impl Producer {
             .map(|(sequence, _, data)| (*sequence, data.clone()))
             .collect();
         true
-    }
-}
-
-impl Producer {
-    /// The client has taken the items up to `sequence_number`.
-    pub(crate) fn acknowledge(&mut self, sequence_number: u64) {
-        let sequence_number = sequence_number.min(self.sequence);
-        if sequence_number > self.acked {
-            self.acked = sequence_number;
-            if let Some(waker) = self.waiting_for_ack.take() {
-                waker.wake();
-            }
-        }
     }
 }
 
@@ -261,71 +259,61 @@ impl Pump {
     }
 }
 
+impl Pump {
+    /// The stream's next event; at the end, parks what is kept of the stream for replay.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamEvent>> {
+        let Some(producer) = self.producer.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some((sequence_number, data)) = producer.to_replay.pop_front() {
+            return Poll::Ready(Some(StreamEvent::Data {
+                sequence_number,
+                data,
+            }));
+        }
+        let terminal = match producer.terminal.clone() {
+            Some(terminal) => terminal,
+            None if producer
+                .window
+                .is_some_and(|window| producer.sequence >= producer.acked + window) =>
+            {
+                // As far ahead of the client as it allowed: wait for its `streamAck`.
+                producer.waiting_for_ack = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            None => match ready!(producer.items.as_mut().poll_next(cx)) {
+                Some(Ok(data)) => {
+                    producer.sequence += 1;
+                    let sequence_number = producer.sequence;
+                    producer.remember(sequence_number, &data);
+                    return Poll::Ready(Some(StreamEvent::Data {
+                        sequence_number,
+                        data,
+                    }));
+                }
+                Some(Err(error)) => Terminal::Failed(error),
+                None => Terminal::End,
+            },
+        };
+        // The end: the actor's stream is dropped now; the rest is kept for a while for replay.
+        let mut producer = self.producer.take().expect("checked above");
+        producer.items = futures_util::stream::empty().boxed();
+        producer.terminal = Some(terminal.clone());
+        self.registry.park(self.stream_id.clone(), producer);
+        Poll::Ready(Some(match terminal {
+            Terminal::End => StreamEvent::End,
+            Terminal::Failed(error) => StreamEvent::Failed(error),
+        }))
+    }
+}
+
 impl Stream for Pump {
     type Item = (u64, Arc<str>, Encoding, StreamEvent);
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let Some(producer) = this.producer.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let terminal = if let Some((sequence_number, data)) = producer.to_replay.pop_front() {
-            let event = StreamEvent::Data {
-                sequence_number,
-                data,
-            };
-            return Poll::Ready(Some((
-                this.call_id,
-                this.stream_id.clone(),
-                this.encoding,
-                event,
-            )));
-        } else if let Some(terminal) = producer.terminal.clone() {
-            terminal
-        } else if producer
-            .window
-            .is_some_and(|window| producer.sequence >= producer.acked + window)
-        {
-            // As far ahead of the client as it allowed: wait for its `streamAck`.
-            producer.waiting_for_ack = Some(cx.waker().clone());
-            return Poll::Pending;
-        } else {
-            match producer.items.as_mut().poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(data))) => {
-                    producer.sequence += 1;
-                    let sequence_number = producer.sequence;
-                    producer.remember(sequence_number, &data);
-                    let event = StreamEvent::Data {
-                        sequence_number,
-                        data,
-                    };
-                    return Poll::Ready(Some((
-                        this.call_id,
-                        this.stream_id.clone(),
-                        this.encoding,
-                        event,
-                    )));
-                }
-                Poll::Ready(Some(Err(error))) => Terminal::Failed(error),
-                Poll::Ready(None) => Terminal::End,
-            }
-        };
-        // The end: the actor's stream is dropped now; the rest is kept for a while for replay.
-        let mut producer = this.producer.take().expect("checked above");
-        producer.items = futures_util::stream::empty().boxed();
-        producer.terminal = Some(terminal.clone());
-        this.registry.park(this.stream_id.clone(), producer);
-        let event = match terminal {
-            Terminal::End => StreamEvent::End,
-            Terminal::Failed(error) => StreamEvent::Failed(error),
-        };
-        Poll::Ready(Some((
-            this.call_id,
-            this.stream_id.clone(),
-            this.encoding,
-            event,
-        )))
+        let event = ready!(this.poll_event(cx));
+        Poll::Ready(event.map(|event| (this.call_id, this.stream_id.clone(), this.encoding, event)))
     }
 }
 
