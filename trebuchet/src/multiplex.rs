@@ -73,6 +73,11 @@ enum StreamItem {
     },
     /// Items were missed before the next one (the stream goes on).
     Gap(StreamGap),
+    /// The server restarted the stream as `stream_id` (numbered from 1 again): a gap too.
+    Restarted {
+        gap: StreamGap,
+        stream_id: String,
+    },
     Failed(RemoteError),
     End,
 }
@@ -112,8 +117,6 @@ struct StreamRoute {
     call_id: u64,
     /// The sequence number of the last item routed to the consumer.
     last_routed: u64,
-    /// How many times the server restarted the stream (its numbering started again).
-    restarts: u64,
     call: Arc<StreamCall>,
 }
 
@@ -163,7 +166,6 @@ impl StreamTable {
                 stream_id,
                 call_id: key,
                 last_routed: 0,
-                restarts: 0,
                 call,
             },
         );
@@ -207,11 +209,12 @@ impl StreamTable {
     }
 
     /// The server restarted the stream resumed with `call_id` as `stream_id`: route it there.
+    /// Returns where to report that, and the report.
     fn restarted(
         &self,
         call_id: u64,
         stream_id: String,
-    ) -> Option<(mpsc::Sender<StreamItem>, StreamGap)> {
+    ) -> Option<(mpsc::Sender<StreamItem>, StreamItem)> {
         let mut routes = self.routes();
         let key = routes.resuming.remove(&call_id)?;
         let route = routes.routes.get_mut(&key)?;
@@ -221,11 +224,10 @@ impl StreamTable {
         };
         let old = std::mem::replace(&mut route.stream_id, stream_id.clone());
         route.last_routed = 0;
-        route.restarts += 1;
         let feed = route.feed.clone();
         routes.by_stream_id.remove(&old);
-        routes.by_stream_id.insert(stream_id, key);
-        Some((feed, gap))
+        routes.by_stream_id.insert(stream_id.clone(), key);
+        Some((feed, StreamItem::Restarted { gap, stream_id }))
     }
 
     /// The server answered the resume `call_id` with an error instead of a stream.
@@ -259,13 +261,6 @@ impl StreamTable {
                 }
             })
             .collect()
-    }
-
-    /// The server id of stream `key`, unless it was restarted other than `restarts` times.
-    fn stream_id(&self, key: u64, restarts: u64) -> Option<String> {
-        let routes = self.routes();
-        let route = routes.routes.get(&key)?;
-        (route.restarts == restarts).then(|| route.stream_id.clone())
     }
 
     /// Ends every stream (their consumers get `unavailable`): the client is closed for good.
@@ -501,10 +496,10 @@ impl<Io: FrameIo + 'static> Link<Io> {
                         None => mpsc::channel(1).1,
                     };
                     let _ = waiter.reply.send(Answer::Stream(items, stream_id));
-                } else if let Some((feed, gap)) =
+                } else if let Some((feed, restarted)) =
                     self.streams.restarted(start.call_id, start.stream_id)
                 {
-                    let _ = feed.send(StreamItem::Gap(gap)).await;
+                    let _ = feed.send(restarted).await;
                 }
             }
             Envelope::StreamData(item) => {
@@ -570,13 +565,12 @@ struct StreamConsumer<Io: FrameIo + 'static> {
     key: u64,
     cancel_encoding: Encoding,
     done: bool,
-    /// The last item taken, the last acknowledged, and the restarts seen (items before a restart
-    /// are acknowledged to the old stream, which is gone: they are not).
+    /// The last item taken and the last acknowledged (numbers of the stream as it is now).
     taken: u64,
     acked: u64,
-    restarts: u64,
-    /// The stream's id on the server, as of the items being taken (what acks name).
-    stream_id: Option<String>,
+    /// The stream's id on the server, as of the items being taken (what acks name: items taken
+    /// before a restart are acknowledged to the old stream, which ignores it).
+    stream_id: String,
 }
 
 impl<Io: FrameIo + 'static> StreamConsumer<Io> {
@@ -595,12 +589,10 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
                 }
                 (Some(Ok(data)), false)
             }
-            Some(StreamItem::Gap(gap)) => {
-                if gap.resumed_at.is_none() {
-                    self.restarts += 1;
-                    (self.taken, self.acked) = (0, 0);
-                    self.stream_id = self.streams.stream_id(self.key, self.restarts);
-                }
+            Some(StreamItem::Gap(gap)) => (Some(Err(gap.into_error())), false),
+            Some(StreamItem::Restarted { gap, stream_id }) => {
+                (self.taken, self.acked) = (0, 0);
+                self.stream_id = stream_id;
                 (Some(Err(gap.into_error())), false)
             }
             Some(StreamItem::End) => {
@@ -624,15 +616,12 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
     /// next, or by the `streamResume` after a reconnect).
     async fn acknowledge(&mut self) {
         self.acked = self.taken;
-        let Some(stream_id) = self.stream_id.clone() else {
-            return;
-        };
         let link = match &*self.link.borrow() {
             LinkState::Up(link) => link.clone(),
             LinkState::Reconnecting | LinkState::Closed => return,
         };
         let ack = Envelope::StreamAck(StreamAck {
-            stream_id,
+            stream_id: self.stream_id.clone(),
             sequence_number: self.taken,
         });
         if let Ok(frame) = codec::encode(&ack, self.cancel_encoding) {
@@ -882,8 +871,7 @@ impl<C: Connector> Multiplexed<C> {
                     done: false,
                     taken: 0,
                     acked: 0,
-                    restarts: 0,
-                    stream_id: Some(stream_id),
+                    stream_id,
                 };
                 Ok(
                     futures_util::stream::unfold(consumer, |mut consumer| async move {
