@@ -35,7 +35,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientConfig, Connection};
-use crate::codec::{self, Frame};
+use crate::codec::{self, Frame, Incoming};
 use crate::protocol::{
     Cancel, Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response,
     STREAM_WINDOW_METADATA, StreamAck, StreamResume,
@@ -131,13 +131,13 @@ struct StreamRoutes {
 
 /// What routing a `streamData` comes to.
 enum Routed {
-    /// Give it to `feed`, after reporting `gap` if there is one.
-    To {
+    /// Delivered, or dropped: an unknown stream, or an item already routed (replayed twice).
+    Done,
+    /// The consumer is behind: send `items` to `feed`, waiting for room.
+    Wait {
         feed: mpsc::Sender<StreamItem>,
-        gap: Option<StreamGap>,
+        items: Vec<StreamItem>,
     },
-    /// Unknown stream, or an item already routed (replayed twice): drop it.
-    Drop,
 }
 
 /// The open streams of one client, shared by its successive links.
@@ -172,26 +172,46 @@ impl StreamTable {
         items
     }
 
-    fn route(&self, stream_id: &str, sequence_number: u64) -> Routed {
+    /// Hands a `streamData` to its consumer: straight into its channel when there is room (the
+    /// usual case: a server keeps to the flow-control window), else `Routed::Wait` with what
+    /// is left to send, waiting for room.
+    fn route(&self, stream_id: &str, sequence_number: u64, data: Payload) -> Routed {
         let mut routes = self.routes();
         let Some(key) = routes.by_stream_id.get(stream_id).copied() else {
-            return Routed::Drop;
+            return Routed::Done;
         };
         let Some(route) = routes.routes.get_mut(&key) else {
-            return Routed::Drop;
+            return Routed::Done;
         };
         if sequence_number <= route.last_routed {
-            return Routed::Drop;
+            return Routed::Done;
         }
-        let gap = (sequence_number != route.last_routed + 1).then_some(StreamGap {
-            last_sequence: route.last_routed,
-            resumed_at: Some(sequence_number),
+        let gap = (sequence_number != route.last_routed + 1).then(|| {
+            StreamItem::Gap(StreamGap {
+                last_sequence: route.last_routed,
+                resumed_at: Some(sequence_number),
+            })
         });
         route.last_routed = sequence_number;
-        Routed::To {
-            feed: route.feed.clone(),
-            gap,
+        let data = StreamItem::Data {
+            sequence_number,
+            data,
+        };
+        let mut items = gap.into_iter().chain([data]);
+        while let Some(item) = items.next() {
+            match route.feed.try_send(item) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    return Routed::Wait {
+                        feed: route.feed.clone(),
+                        items: std::iter::once(item).chain(items).collect(),
+                    };
+                }
+                // The consumer is gone (its stream is being removed).
+                Err(mpsc::error::TrySendError::Closed(_)) => return Routed::Done,
+            }
         }
+        Routed::Done
     }
 
     /// Removes the stream `key`.
@@ -457,8 +477,23 @@ impl<Io: FrameIo + 'static> Link<Io> {
 
     /// Routes one frame from the server to whoever waits for it.
     async fn deliver(&self, frame: &Frame) {
-        let envelope = match codec::decode(frame) {
-            Ok(envelope) => envelope,
+        let envelope = match codec::decode_incoming(frame) {
+            Ok(Incoming::StreamData {
+                stream_id,
+                sequence_number,
+                data,
+            }) => {
+                // Waits while the consumer is behind: that is the client's backpressure.
+                if let Routed::Wait { feed, items } =
+                    self.streams.route(&stream_id, sequence_number, data)
+                {
+                    for item in items {
+                        let _ = feed.send(item).await;
+                    }
+                }
+                return;
+            }
+            Ok(Incoming::Envelope(envelope)) => envelope,
             Err(error) => {
                 tracing::warn!(%error, "malformed frame from the server");
                 return;
@@ -500,21 +535,6 @@ impl<Io: FrameIo + 'static> Link<Io> {
                     self.streams.restarted(start.call_id, start.stream_id)
                 {
                     let _ = feed.send(restarted).await;
-                }
-            }
-            Envelope::StreamData(item) => {
-                // Waits while the consumer is behind: that is the client's backpressure.
-                if let Routed::To { feed, gap } =
-                    self.streams.route(&item.stream_id, item.sequence_number)
-                {
-                    if let Some(gap) = gap {
-                        let _ = feed.send(StreamItem::Gap(gap)).await;
-                    }
-                    let data = StreamItem::Data {
-                        sequence_number: item.sequence_number,
-                        data: item.data,
-                    };
-                    let _ = feed.send(data).await;
                 }
             }
             Envelope::StreamEnd(end) => self.finish_stream(&end.stream_id, StreamItem::End).await,

@@ -4,8 +4,10 @@
 //! binary (bincode) frames. The normative description, written for clients in other languages, is
 //! `docs/PROTOCOL.md`.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -112,8 +114,8 @@ pub struct StreamStart {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamData {
-    /// The stream this item belongs to.
-    pub stream_id: String,
+    /// The stream this item belongs to (shared: every item of a stream names it).
+    pub stream_id: Arc<str>,
     /// 1, 2, 3, … without gaps.
     pub sequence_number: u64,
     /// The item.
@@ -220,6 +222,36 @@ pub(crate) fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// Encodes `value` with bincode into bytes of exactly its size.
+///
+/// Values are written into a per-thread scratch buffer and copied out: one allocation of the
+/// right size, where writing into a fresh `Vec` regrows it a few times and then needs a second
+/// allocation to share a buffer whose length is not its capacity. Large values (past
+/// `KEEP_SCRATCH`) take the scratch buffer with them, so a thread never keeps a large one.
+pub(crate) fn encode_bincode<T: Serialize + ?Sized>(
+    value: &T,
+) -> Result<bytes::Bytes, bincode::error::EncodeError> {
+    const KEEP_SCRATCH: usize = 64 * 1024;
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        // (A `Serialize` impl that encodes a payload itself finds the buffer in use.)
+        let Ok(mut scratch) = scratch.try_borrow_mut() else {
+            let mut bytes = Vec::new();
+            bincode::serde::encode_into_std_write(value, &mut bytes, bincode_config())?;
+            return Ok(bytes.into());
+        };
+        scratch.clear();
+        bincode::serde::encode_into_std_write(value, &mut *scratch, bincode_config())?;
+        Ok(if scratch.len() > KEEP_SCRATCH {
+            std::mem::take(&mut *scratch).into()
+        } else {
+            bytes::Bytes::copy_from_slice(&scratch)
+        })
+    })
+}
+
 /// Decodes a `T` from the start of `bytes` with bincode, returning it and the bytes read.
 ///
 /// bincode allocates a string or byte array of the length a frame announces before reading it,
@@ -257,16 +289,22 @@ impl Payload {
         let bytes = match encoding {
             Encoding::Json => serde_json::to_vec(value)?,
             Encoding::Bincode => {
-                // (Starting at a typical small value's size saves the first few regrowths.)
-                let mut bytes = Vec::with_capacity(64);
-                bincode::serde::encode_into_std_write(value, &mut bytes, bincode_config())?;
-                bytes
+                return Ok(Payload {
+                    encoding,
+                    bytes: encode_bincode(value)?,
+                });
             }
         };
         Ok(Payload {
             encoding,
             bytes: bytes.into(),
         })
+    }
+
+    /// A payload of `bytes` already encoded in `encoding` (not checked until decoded), sharing
+    /// them (e.g. a slice of the frame it arrived in).
+    pub(crate) fn from_shared(encoding: Encoding, bytes: bytes::Bytes) -> Payload {
+        Payload { encoding, bytes }
     }
 
     /// Deserializes the payload as a `T`.

@@ -116,7 +116,7 @@ fn envelope(encoding: Encoding) -> impl Strategy<Value = Envelope> {
         (id, any::<u64>(), payload(encoding), any::<u64>()).prop_map(
             |(stream_id, sequence_number, data, timestamp)| {
                 Envelope::StreamData(StreamData {
-                    stream_id,
+                    stream_id: stream_id.into(),
                     sequence_number,
                     data,
                     timestamp,

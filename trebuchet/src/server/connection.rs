@@ -21,7 +21,7 @@ use crate::protocol::{
     Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response,
     STREAM_WINDOW_METADATA, StreamData, StreamEnd, StreamError, StreamResume, StreamStart,
 };
-use crate::server::streams::{Handover, Producer, Pump, StreamEvent, StreamRegistry};
+use crate::server::streams::{Handover, PUMP_BATCH, Producer, Pump, StreamEvent, StreamRegistry};
 use crate::server::{Call, ConnectionInfo, ServerConfig};
 use crate::stream::Reply;
 use crate::transport::{FrameError, FrameIo};
@@ -312,16 +312,19 @@ where
             // while streams have items ready. A stream is only polled when its previous item has
             // been written: a producer never runs ahead of the socket (backpressure).
             Some(first) = streams.next(), if !streams.is_empty() => {
-                // Write this item and the others already waiting (up to a batch), then flush
-                // once: one write for many small items.
+                // Write the events that were ready together, and those of other streams ready
+                // too (up to a limit), then flush once: one write for many small items.
+                let timestamp = now_millis();
                 let mut next = Some(first);
                 let mut written = 0;
-                while let Some((call_id, stream_id, encoding, event)) = next.take() {
-                    let envelope = stream_envelope(call_id, &stream_id, event, &mut open_streams);
-                    if io.feed(encode_or_internal(&envelope, encoding)).await.is_err() {
-                        break 'serve Ending::Closed;
+                while let Some(batch) = next.take() {
+                    written += batch.events.len();
+                    for event in batch.events {
+                        let envelope = stream_envelope(batch.call_id, &batch.stream_id, event, timestamp, &mut open_streams);
+                        if io.feed(encode_or_internal(&envelope, batch.encoding)).await.is_err() {
+                            break 'serve Ending::Closed;
+                        }
                     }
-                    written += 1;
                     if written < STREAM_WRITE_BATCH {
                         next = streams.next().now_or_never().flatten();
                     }
@@ -424,14 +427,15 @@ fn hand_over(
     }
 }
 
-/// How many stream items are written before a flush.
-const STREAM_WRITE_BATCH: usize = 64;
+/// How many stream items are written (at least) before a flush.
+const STREAM_WRITE_BATCH: usize = PUMP_BATCH;
 
-/// The envelope for one stream event; an ended stream is no longer open.
+/// The envelope for one stream event, sent at `timestamp`; an ended stream is no longer open.
 fn stream_envelope(
     call_id: u64,
     stream_id: &Arc<str>,
     event: StreamEvent,
+    timestamp: u64,
     open_streams: &mut HashMap<u64, OpenStream>,
 ) -> Envelope {
     match event {
@@ -439,10 +443,10 @@ fn stream_envelope(
             sequence_number,
             data,
         } => Envelope::StreamData(StreamData {
-            stream_id: stream_id.to_string(),
+            stream_id: stream_id.clone(),
             sequence_number,
             data,
-            timestamp: now_millis(),
+            timestamp,
         }),
         StreamEvent::Failed(error) => {
             // (The pump has parked the ended stream in the registry, for replay.)

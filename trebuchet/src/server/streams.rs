@@ -138,14 +138,12 @@ impl Producer {
         }
     }
 
-    fn remember(&mut self, sequence: u64, data: &Payload) {
+    fn remember(&mut self, sequence: u64, data: &Payload, now: Instant) {
         if self.config.max_items == 0 {
             return;
         }
         self.replay.bytes += data.len();
-        self.replay
-            .items
-            .push_back((sequence, Instant::now(), data.clone()));
+        self.replay.items.push_back((sequence, now, data.clone()));
         while self.replay.items.len() > self.config.max_items
             || self.replay.bytes > self.config.max_bytes
         {
@@ -260,8 +258,9 @@ impl Pump {
 }
 
 impl Pump {
-    /// The stream's next event; at the end, parks what is kept of the stream for replay.
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamEvent>> {
+    /// The stream's next event; at the end, parks what is kept of the stream for replay. `now`
+    /// is when the item is sent (one reading of the clock per batch).
+    fn poll_event(&mut self, cx: &mut Context<'_>, now: Instant) -> Poll<Option<StreamEvent>> {
         let Some(producer) = self.producer.as_mut() else {
             return Poll::Ready(None);
         };
@@ -285,7 +284,7 @@ impl Pump {
                 Some(Ok(data)) => {
                     producer.sequence += 1;
                     let sequence_number = producer.sequence;
-                    producer.remember(sequence_number, &data);
+                    producer.remember(sequence_number, &data, now);
                     return Poll::Ready(Some(StreamEvent::Data {
                         sequence_number,
                         data,
@@ -307,13 +306,46 @@ impl Pump {
     }
 }
 
-impl Stream for Pump {
-    type Item = (u64, Arc<str>, Encoding, StreamEvent);
+/// The events of one stream that were ready together (at most [`PUMP_BATCH`]), to be written
+/// with one flush.
+pub(crate) struct PumpBatch {
+    pub(crate) call_id: u64,
+    pub(crate) stream_id: Arc<str>,
+    pub(crate) encoding: Encoding,
+    pub(crate) events: Vec<StreamEvent>,
+}
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+/// The most events a pump hands over at once: how far a producer may run ahead of the socket.
+pub(crate) const PUMP_BATCH: usize = 64;
+
+impl Stream for Pump {
+    type Item = PumpBatch;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PumpBatch>> {
         let this = &mut *self;
-        let event = ready!(this.poll_event(cx));
-        Poll::Ready(event.map(|event| (this.call_id, this.stream_id.clone(), this.encoding, event)))
+        let now = Instant::now();
+        let mut events = Vec::new();
+        while events.len() < PUMP_BATCH {
+            match this.poll_event(cx, now) {
+                Poll::Ready(Some(event)) => {
+                    let last = !matches!(event, StreamEvent::Data { .. });
+                    events.push(event);
+                    if last {
+                        break;
+                    }
+                }
+                // Ended (the end was in an earlier batch), or nothing more ready for now.
+                Poll::Ready(None) | Poll::Pending if !events.is_empty() => break,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Some(PumpBatch {
+            call_id: this.call_id,
+            stream_id: this.stream_id.clone(),
+            encoding: this.encoding,
+            events,
+        }))
     }
 }
 
@@ -547,24 +579,34 @@ mod tests {
         Box::new(Producer::new(items, 1, None, Arc::new(config)))
     }
 
+    /// The pump's next event (one, where polling the pump gives a batch).
+    async fn next_event(pump: &mut Pump) -> Option<StreamEvent> {
+        std::future::poll_fn(|cx| pump.poll_event(cx, Instant::now())).await
+    }
+
     async fn sequence_numbers(producer: Box<Producer>, take: usize) -> (Vec<u64>, Box<Producer>) {
         let registry = StreamRegistry::new(ReplayConfig::default());
         let mut pump = Pump::new(Arc::from("s"), 1, Encoding::Json, producer, registry);
         let mut seen = Vec::new();
         for _ in 0..take {
-            match pump.next().await {
-                Some((
-                    _,
-                    _,
-                    _,
-                    StreamEvent::Data {
-                        sequence_number, ..
-                    },
-                )) => seen.push(sequence_number),
+            match next_event(&mut pump).await {
+                Some(StreamEvent::Data {
+                    sequence_number, ..
+                }) => seen.push(sequence_number),
                 _ => break,
             }
         }
         (seen, pump.take_producer().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_pump_hands_over_what_is_ready_in_batches() {
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        let producer = producer(100, ReplayConfig::default());
+        let pump = Pump::new(Arc::from("b"), 1, Encoding::Json, producer, registry);
+        let sizes: Vec<usize> = pump.map(|batch| batch.events.len()).collect().await;
+        // 100 items and the end.
+        assert_eq!(sizes, vec![PUMP_BATCH, 101 - PUMP_BATCH]);
     }
 
     #[tokio::test]
@@ -623,15 +665,11 @@ mod tests {
             .boxed();
         let producer = Box::new(Producer::new(items, 1, Some(4), registry.config.clone()));
         let mut pump = Pump::new(Arc::from("w"), 1, Encoding::Json, producer, registry);
-        for _ in 0..4 {
-            assert!(pump.next().await.is_some());
-        }
+        assert_eq!(pump.next().await.unwrap().events.len(), 4);
         let waiting = tokio::time::timeout(Duration::from_millis(50), pump.next()).await;
         assert!(waiting.is_err(), "a fifth item went out without an ack");
         pump.acknowledge(2);
-        for _ in 0..2 {
-            assert!(pump.next().await.is_some());
-        }
+        assert_eq!(pump.next().await.unwrap().events.len(), 2);
         let waiting = tokio::time::timeout(Duration::from_millis(50), pump.next()).await;
         assert!(waiting.is_err());
     }
