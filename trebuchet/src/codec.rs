@@ -17,7 +17,8 @@ use serde_json::value::RawValue;
 
 use crate::protocol::{
     Cancel, Encoding, Envelope, Invocation, Metadata, Payload, RemoteError, Response, StreamAck,
-    StreamData, StreamEnd, StreamError, StreamResume, StreamStart, decode_bincode, encode_bincode,
+    StreamBatch, StreamData, StreamEnd, StreamError, StreamResume, StreamStart, decode_bincode,
+    encode_bincode,
 };
 
 /// One transport message: the bytes of one envelope and how they are encoded.
@@ -156,6 +157,8 @@ struct JsonFrame<'a> {
     timestamp: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_sequence: Option<u64>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none")]
+    items: Option<Vec<&'a RawValue>>,
 }
 
 /// The JSON form of [`RemoteError`]: `data` is omitted when there is none.
@@ -253,6 +256,18 @@ impl<'a> JsonFrame<'a> {
                 frame.stream_id = Some(Cow::Borrowed(&ack.stream_id));
                 frame.sequence_number = Some(ack.sequence_number);
             }
+            Envelope::StreamBatch(batch) => {
+                frame.stream_id = Some(Cow::Borrowed(&batch.stream_id));
+                frame.sequence_number = Some(batch.first_sequence);
+                frame.items = Some(
+                    batch
+                        .items
+                        .iter()
+                        .map(Payload::raw_json)
+                        .collect::<Result<_, _>>()?,
+                );
+                frame.timestamp = Some(batch.timestamp);
+            }
         }
         Ok(frame)
     }
@@ -311,6 +326,17 @@ impl<'a> JsonFrame<'a> {
                 stream_id: stream_id.ok_or_else(|| missing("streamId"))?.into(),
                 sequence_number: sequence_number.ok_or_else(|| missing("sequenceNumber"))?,
                 data: Payload::from_raw_json(self.data.ok_or_else(|| missing("data"))?),
+                timestamp: self.timestamp.unwrap_or(0),
+            }),
+            "streamBatch" => Envelope::StreamBatch(StreamBatch {
+                stream_id: stream_id.ok_or_else(|| missing("streamId"))?.into(),
+                first_sequence: sequence_number.ok_or_else(|| missing("sequenceNumber"))?,
+                items: self
+                    .items
+                    .ok_or_else(|| missing("items"))?
+                    .into_iter()
+                    .map(Payload::from_raw_json)
+                    .collect(),
                 timestamp: self.timestamp.unwrap_or(0),
             }),
             "streamEnd" => Envelope::StreamEnd(StreamEnd {
@@ -408,24 +434,26 @@ binary_envelope! {
     StreamResume(StreamResume),
     Cancel(Cancel),
     StreamAck(StreamAck),
+    StreamBatch(StreamBatch),
 }
 
-/// An envelope as a client reads it: a stream item (the envelope a client reads most of) without
-/// copying anything out of its frame, or any other envelope.
+/// An envelope as a client reads it: stream items (what a client reads most of) without
+/// copying them out of their frame, or any other envelope.
 pub(crate) enum Incoming<'a> {
-    /// A `streamData`: its stream id (borrowed from a binary frame) and its item (sharing the
-    /// frame's bytes).
-    StreamData {
+    /// A `streamData` or a `streamBatch`: the stream id (borrowed from a binary frame), the
+    /// sequence number of the first item, and the items (sharing the frame's bytes).
+    StreamItems {
         stream_id: Cow<'a, str>,
-        sequence_number: u64,
-        data: Payload,
+        first_sequence: u64,
+        items: Vec<Payload>,
     },
     /// Any other envelope.
     Envelope(Envelope),
 }
 
-/// The variant index of `streamData` in binary envelopes.
+/// The variant indexes of `streamData` and `streamBatch` in binary envelopes.
 const BINARY_STREAM_DATA: u8 = 3;
+const BINARY_STREAM_BATCH: u8 = 9;
 
 /// The binary layout of a `streamData` after its variant index, borrowed from the frame.
 #[derive(Deserialize)]
@@ -439,37 +467,73 @@ struct BinaryStreamData<'a> {
     timestamp: u64,
 }
 
+/// The binary layout of a `streamBatch` after its variant index, borrowed from the frame.
+#[derive(Deserialize)]
+struct BinaryStreamBatch<'a> {
+    #[serde(borrow)]
+    stream_id: &'a str,
+    first_sequence: u64,
+    #[serde(borrow)]
+    items: Vec<(Encoding, &'a [u8])>,
+    #[allow(dead_code)] // (as above)
+    timestamp: u64,
+}
+
+/// Reads `bytes` (all of them) as a `T` borrowing from them.
+fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+    match bincode::serde::borrow_decode_from_slice::<T, _>(bytes, crate::protocol::bincode_config())
+    {
+        Ok((value, read)) if read == bytes.len() => Ok(value),
+        Ok((_, read)) => Err(DecodeError::new(
+            None,
+            format!(
+                "malformed binary envelope: {} trailing bytes",
+                bytes.len() - read
+            ),
+        )),
+        Err(error) => Err(DecodeError::new(
+            None,
+            format!("malformed binary envelope: {error}"),
+        )),
+    }
+}
+
 /// Decodes one frame as a client reads it (see [`Incoming`]).
 pub(crate) fn decode_incoming(frame: &Frame) -> Result<Incoming<'_>, DecodeError> {
-    if frame.encoding == Encoding::Bincode && frame.data.first() == Some(&BINARY_STREAM_DATA) {
-        let bytes = &frame.data[..];
-        return match bincode::serde::borrow_decode_from_slice::<(u8, BinaryStreamData), _>(
-            bytes,
-            crate::protocol::bincode_config(),
-        ) {
-            Ok(((_, item), read)) if read == bytes.len() => Ok(Incoming::StreamData {
-                stream_id: Cow::Borrowed(item.stream_id),
-                sequence_number: item.sequence_number,
-                data: Payload::from_shared(item.data.0, frame.data.slice_ref(item.data.1)),
-            }),
-            Ok((_, read)) => Err(DecodeError::new(
-                None,
-                format!(
-                    "malformed binary envelope: {} trailing bytes",
-                    bytes.len() - read
-                ),
-            )),
-            Err(error) => Err(DecodeError::new(
-                None,
-                format!("malformed binary envelope: {error}"),
-            )),
-        };
+    let share = |(encoding, bytes): (Encoding, &[u8])| {
+        Payload::from_shared(encoding, frame.data.slice_ref(bytes))
+    };
+    if frame.encoding == Encoding::Bincode {
+        match frame.data.first() {
+            Some(&BINARY_STREAM_DATA) => {
+                let (_, item): (u8, BinaryStreamData) = decode_borrowed(&frame.data)?;
+                return Ok(Incoming::StreamItems {
+                    stream_id: Cow::Borrowed(item.stream_id),
+                    first_sequence: item.sequence_number,
+                    items: vec![share(item.data)],
+                });
+            }
+            Some(&BINARY_STREAM_BATCH) => {
+                let (_, batch): (u8, BinaryStreamBatch) = decode_borrowed(&frame.data)?;
+                return Ok(Incoming::StreamItems {
+                    stream_id: Cow::Borrowed(batch.stream_id),
+                    first_sequence: batch.first_sequence,
+                    items: batch.items.into_iter().map(share).collect(),
+                });
+            }
+            _ => {}
+        }
     }
     Ok(match decode(frame)? {
-        Envelope::StreamData(item) => Incoming::StreamData {
+        Envelope::StreamData(item) => Incoming::StreamItems {
             stream_id: Cow::Owned(item.stream_id.to_string()),
-            sequence_number: item.sequence_number,
-            data: item.data,
+            first_sequence: item.sequence_number,
+            items: vec![item.data],
+        },
+        Envelope::StreamBatch(batch) => Incoming::StreamItems {
+            stream_id: Cow::Owned(batch.stream_id.to_string()),
+            first_sequence: batch.first_sequence,
+            items: batch.items,
         },
         envelope => Incoming::Envelope(envelope),
     })
@@ -626,42 +690,57 @@ mod tests {
     }
     #[test]
     fn a_client_reads_stream_items_without_copying_them() {
+        let stream_id: std::sync::Arc<str> = "5f0c8d8e-0e4c-4b7a-9d1e-2f3a4b5c6d7e".into();
         for encoding in [Encoding::Bincode, Encoding::Json] {
-            let item = StreamData {
-                stream_id: "5f0c8d8e-0e4c-4b7a-9d1e-2f3a4b5c6d7e".into(),
+            let item = |n: u8| Payload::encode(&vec![n; 64], encoding).unwrap();
+            let single = Envelope::StreamData(StreamData {
+                stream_id: stream_id.clone(),
                 sequence_number: 300,
-                data: Payload::encode(&vec![7u8; 64], encoding).unwrap(),
+                data: item(1),
                 timestamp: 1_732_370_000_123,
-            };
-            let frame = encode(&Envelope::StreamData(item.clone()), encoding).unwrap();
-            let Ok(Incoming::StreamData {
-                stream_id,
-                sequence_number,
-                data,
-            }) = decode_incoming(&frame)
-            else {
-                panic!("not read as a stream item");
-            };
-            assert_eq!(
-                (&*stream_id, sequence_number, &data),
-                (&*item.stream_id, 300, &item.data)
-            );
-            if encoding == Encoding::Bincode {
-                let frame_bytes = frame.data.as_ptr_range();
-                assert!(
-                    frame_bytes.contains(&data.as_bytes().as_ptr()),
-                    "a slice of the frame"
+            });
+            let batch = Envelope::StreamBatch(StreamBatch {
+                stream_id: stream_id.clone(),
+                first_sequence: 300,
+                items: vec![item(1), item(2), item(3)],
+                timestamp: 1_732_370_000_123,
+            });
+            for (envelope, expected) in [
+                (single, vec![item(1)]),
+                (batch, vec![item(1), item(2), item(3)]),
+            ] {
+                let frame = encode(&envelope, encoding).unwrap();
+                let Ok(Incoming::StreamItems {
+                    stream_id: read_id,
+                    first_sequence,
+                    items,
+                }) = decode_incoming(&frame)
+                else {
+                    panic!("not read as stream items");
+                };
+                assert_eq!(
+                    (&*read_id, first_sequence, &items),
+                    (&*stream_id, 300, &expected)
                 );
-                // Truncated or padded frames are refused.
-                for bytes in [
-                    &frame.data[..frame.data.len() - 1],
-                    &[&frame.data[..], &[0]].concat(),
-                ] {
-                    let bad = Frame {
-                        encoding,
-                        data: Bytes::copy_from_slice(bytes),
-                    };
-                    assert!(decode_incoming(&bad).is_err());
+                if encoding == Encoding::Bincode {
+                    let frame_bytes = frame.data.as_ptr_range();
+                    for item in &items {
+                        assert!(
+                            frame_bytes.contains(&item.as_bytes().as_ptr()),
+                            "a slice of the frame"
+                        );
+                    }
+                    // Truncated or padded frames are refused.
+                    for bytes in [
+                        &frame.data[..frame.data.len() - 1],
+                        &[&frame.data[..], &[0]].concat(),
+                    ] {
+                        let bad = Frame {
+                            encoding,
+                            data: Bytes::copy_from_slice(bytes),
+                        };
+                        assert!(decode_incoming(&bad).is_err());
+                    }
                 }
             }
         }
@@ -670,5 +749,25 @@ mod tests {
             decode_incoming(&cancel),
             Ok(Incoming::Envelope(Envelope::Cancel(Cancel { call_id: 3 })))
         ));
+    }
+
+    #[test]
+    fn stream_batches_in_json_are_as_documented() {
+        let text = r#"{"type":"streamBatch","streamId":"s-1","sequenceNumber":4,"timestamp":7,"items":[5,{"v":6}]}"#;
+        let Ok(Envelope::StreamBatch(batch)) = json(text) else {
+            panic!("not a streamBatch");
+        };
+        assert_eq!(
+            (&*batch.stream_id, batch.first_sequence, batch.timestamp),
+            ("s-1", 4, 7)
+        );
+        let items: Vec<&str> = batch
+            .items
+            .iter()
+            .map(|item| item.as_json_text().unwrap())
+            .collect();
+        assert_eq!(items, ["5", r#"{"v":6}"#]);
+        let written = encode(&Envelope::StreamBatch(batch), Encoding::Json).unwrap();
+        assert_eq!(std::str::from_utf8(&written.data).unwrap(), text);
     }
 }

@@ -38,7 +38,7 @@ use crate::client::{ClientConfig, Connection};
 use crate::codec::{self, Frame, Incoming};
 use crate::protocol::{
     Cancel, Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response,
-    STREAM_WINDOW_METADATA, StreamAck, StreamResume,
+    STREAM_BATCH_METADATA, STREAM_WINDOW_METADATA, StreamAck, StreamResume,
 };
 use crate::stream::{PayloadStream, StreamGap};
 use crate::transport::{FrameError, FrameIo};
@@ -67,9 +67,10 @@ enum Answer {
 
 /// One event of an open stream, in the stream's channel.
 enum StreamItem {
-    Data {
-        sequence_number: u64,
-        data: Payload,
+    /// Consecutive items, numbered from `first_sequence`.
+    Items {
+        first_sequence: u64,
+        items: Vec<Payload>,
     },
     /// Items were missed before the next one (the stream goes on).
     Gap(StreamGap),
@@ -90,6 +91,9 @@ const STREAM_WINDOW: u64 = 256;
 /// keeps to the window never makes the reader wait for a slow consumer, so one slow stream does
 /// not hold up the others on its connection.
 const STREAM_BUFFER: usize = STREAM_WINDOW as usize + 8;
+
+/// The most items of a stream the client takes in one `streamBatch` envelope.
+const STREAM_BATCH: usize = 64;
 
 /// A caller waiting for an answer.
 struct Waiter {
@@ -172,10 +176,17 @@ impl StreamTable {
         items
     }
 
-    /// Hands a `streamData` to its consumer: straight into its channel when there is room (the
-    /// usual case: a server keeps to the flow-control window), else `Routed::Wait` with what
-    /// is left to send, waiting for room.
-    fn route(&self, stream_id: &str, sequence_number: u64, data: Payload) -> Routed {
+    /// Hands stream items (numbered from `first_sequence`) to their consumer: straight into its
+    /// channel when there is room (the usual case: a server keeps to the flow-control window),
+    /// else `Routed::Wait` with what is left to send, waiting for room. Items already routed
+    /// (replayed twice) are dropped; a jump in the numbering is reported as a gap first.
+    fn route(&self, stream_id: &str, first_sequence: u64, mut items: Vec<Payload>) -> Routed {
+        let Some(last) = (items.len() as u64)
+            .checked_sub(1)
+            .and_then(|more| first_sequence.checked_add(more))
+        else {
+            return Routed::Done;
+        };
         let mut routes = self.routes();
         let Some(key) = routes.by_stream_id.get(stream_id).copied() else {
             return Routed::Done;
@@ -183,28 +194,33 @@ impl StreamTable {
         let Some(route) = routes.routes.get_mut(&key) else {
             return Routed::Done;
         };
-        if sequence_number <= route.last_routed {
+        if last <= route.last_routed {
             return Routed::Done;
         }
-        let gap = (sequence_number != route.last_routed + 1).then(|| {
+        let seen = route
+            .last_routed
+            .saturating_sub(first_sequence.saturating_sub(1));
+        let first_sequence = first_sequence + seen;
+        items.drain(..seen as usize);
+        let gap = (first_sequence != route.last_routed + 1).then(|| {
             StreamItem::Gap(StreamGap {
                 last_sequence: route.last_routed,
-                resumed_at: Some(sequence_number),
+                resumed_at: Some(first_sequence),
             })
         });
-        route.last_routed = sequence_number;
-        let data = StreamItem::Data {
-            sequence_number,
-            data,
+        route.last_routed = last;
+        let items = StreamItem::Items {
+            first_sequence,
+            items,
         };
-        let mut items = gap.into_iter().chain([data]);
-        while let Some(item) = items.next() {
-            match route.feed.try_send(item) {
+        let mut events = gap.into_iter().chain([items]);
+        while let Some(event) = events.next() {
+            match route.feed.try_send(event) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(item)) => {
+                Err(mpsc::error::TrySendError::Full(event)) => {
                     return Routed::Wait {
                         feed: route.feed.clone(),
-                        items: std::iter::once(item).chain(items).collect(),
+                        items: std::iter::once(event).chain(events).collect(),
                     };
                 }
                 // The consumer is gone (its stream is being removed).
@@ -261,8 +277,7 @@ impl StreamTable {
         let mut routes = self.routes();
         let routes = &mut *routes;
         routes.resuming.clear();
-        let mut metadata = config.outgoing_metadata();
-        metadata.insert(STREAM_WINDOW_METADATA.to_owned(), STREAM_WINDOW.to_string());
+        let metadata = stream_metadata(config);
         routes
             .routes
             .iter_mut()
@@ -478,14 +493,14 @@ impl<Io: FrameIo + 'static> Link<Io> {
     /// Routes one frame from the server to whoever waits for it.
     async fn deliver(&self, frame: &Frame) {
         let envelope = match codec::decode_incoming(frame) {
-            Ok(Incoming::StreamData {
+            Ok(Incoming::StreamItems {
                 stream_id,
-                sequence_number,
-                data,
+                first_sequence,
+                items,
             }) => {
                 // Waits while the consumer is behind: that is the client's backpressure.
                 if let Routed::Wait { feed, items } =
-                    self.streams.route(&stream_id, sequence_number, data)
+                    self.streams.route(&stream_id, first_sequence, items)
                 {
                     for item in items {
                         let _ = feed.send(item).await;
@@ -575,6 +590,14 @@ impl<Io: FrameIo + 'static> Link<Io> {
     }
 }
 
+/// The metadata of a stream call (or resume): the client's own, flow control and batches.
+fn stream_metadata(config: &ClientConfig) -> crate::protocol::Metadata {
+    let mut metadata = config.outgoing_metadata();
+    metadata.insert(STREAM_WINDOW_METADATA.to_owned(), STREAM_WINDOW.to_string());
+    metadata.insert(STREAM_BATCH_METADATA.to_owned(), STREAM_BATCH.to_string());
+    metadata
+}
+
 /// The caller's side of an open stream. It reads whichever link is current: the stream goes on
 /// across reconnects.
 struct StreamConsumer<Io: FrameIo + 'static> {
@@ -591,6 +614,9 @@ struct StreamConsumer<Io: FrameIo + 'static> {
     /// The stream's id on the server, as of the items being taken (what acks name: items taken
     /// before a restart are acknowledged to the old stream, which ignores it).
     stream_id: String,
+    /// Items received together and not taken yet, and the number of the first of them.
+    pending: std::vec::IntoIter<Payload>,
+    pending_sequence: u64,
 }
 
 impl<Io: FrameIo + 'static> StreamConsumer<Io> {
@@ -598,38 +624,46 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
         if self.done {
             return None;
         }
-        let (item, done) = match self.next_item().await {
-            Some(StreamItem::Data {
-                sequence_number,
-                data,
-            }) => {
-                self.taken = sequence_number;
+        loop {
+            if let Some(data) = self.pending.next() {
+                self.taken = self.pending_sequence;
+                self.pending_sequence += 1;
                 if self.taken >= self.acked + STREAM_WINDOW / 2 {
                     self.acknowledge().await;
                 }
-                (Some(Ok(data)), false)
+                return Some(Ok(data));
             }
-            Some(StreamItem::Gap(gap)) => (Some(Err(gap.into_error())), false),
-            Some(StreamItem::Restarted { gap, stream_id }) => {
-                (self.taken, self.acked) = (0, 0);
-                self.stream_id = stream_id;
-                (Some(Err(gap.into_error())), false)
-            }
-            Some(StreamItem::End) => {
-                // Tells the server we have it all: it need not keep the ended stream for us.
-                self.acknowledge().await;
-                (None, true)
-            }
-            Some(StreamItem::Failed(error)) => (Some(Err(error)), true),
-            None => (
-                Some(Err(RemoteError::unavailable(
-                    "the connection was lost before the stream ended and could not be re-established",
-                ))),
-                true,
-            ),
-        };
-        self.done = done;
-        item
+            let (item, done) = match self.next_item().await {
+                Some(StreamItem::Items {
+                    first_sequence,
+                    items,
+                }) => {
+                    self.pending = items.into_iter();
+                    self.pending_sequence = first_sequence;
+                    continue;
+                }
+                Some(StreamItem::Gap(gap)) => (Some(Err(gap.into_error())), false),
+                Some(StreamItem::Restarted { gap, stream_id }) => {
+                    (self.taken, self.acked) = (0, 0);
+                    self.stream_id = stream_id;
+                    (Some(Err(gap.into_error())), false)
+                }
+                Some(StreamItem::End) => {
+                    // Tells the server we have it all: it need not keep the ended stream for us.
+                    self.acknowledge().await;
+                    (None, true)
+                }
+                Some(StreamItem::Failed(error)) => (Some(Err(error)), true),
+                None => (
+                    Some(Err(RemoteError::unavailable(
+                        "the connection was lost before the stream ended and could not be re-established",
+                    ))),
+                    true,
+                ),
+            };
+            self.done = done;
+            return item;
+        }
     }
 
     /// Tells the server the items taken so far (best effort: a lost ack is made up for by the
@@ -795,10 +829,11 @@ impl<C: Connector> Multiplexed<C> {
     ) -> Result<(Arc<Link<C::Io>>, u64, Answer), RemoteError> {
         let deadline = Instant::now() + self.config.call_timeout;
         let call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
-        let mut metadata = self.config.outgoing_metadata();
-        if is_stream {
-            metadata.insert(STREAM_WINDOW_METADATA.to_owned(), STREAM_WINDOW.to_string());
-        }
+        let metadata = if is_stream {
+            stream_metadata(&self.config)
+        } else {
+            self.config.outgoing_metadata()
+        };
         let stream = is_stream.then(|| {
             Arc::new(StreamCall {
                 actor_id: actor_id.to_owned(),
@@ -892,6 +927,8 @@ impl<C: Connector> Multiplexed<C> {
                     taken: 0,
                     acked: 0,
                     stream_id,
+                    pending: Vec::new().into_iter(),
+                    pending_sequence: 0,
                 };
                 Ok(
                     futures_util::stream::unfold(consumer, |mut consumer| async move {
@@ -1105,5 +1142,65 @@ async fn reconnect<C: Connector>(
             }
             Err(_) => tracing::debug!(peer = connector.peer(), attempt, "reconnect timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbers(first: u64, count: u64) -> (u64, Vec<Payload>) {
+        let items = (first..first + count)
+            .map(|n| Payload::encode(&n, Encoding::Bincode).unwrap())
+            .collect();
+        (first, items)
+    }
+
+    /// What the consumer of `items` has been given so far: item numbers, and gaps as `None`.
+    fn received(items: &mut mpsc::Receiver<StreamItem>) -> Vec<Option<u64>> {
+        let mut seen = Vec::new();
+        while let Ok(event) = items.try_recv() {
+            match event {
+                StreamItem::Items { items, .. } => {
+                    seen.extend(items.iter().map(|item| Some(item.decode::<u64>().unwrap())))
+                }
+                StreamItem::Gap(_) => seen.push(None),
+                _ => panic!("unexpected stream event"),
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn runs_of_items_are_routed_once_each_and_jumps_are_reported() {
+        let table = StreamTable::default();
+        let call = Arc::new(StreamCall {
+            actor_id: "a".into(),
+            method: "m".into(),
+            args: Payload::empty_args(Encoding::Bincode),
+        });
+        let mut items = table.open(7, "s".into(), call);
+        let route = |(first, items)| table.route("s", first, items);
+        assert!(matches!(route(numbers(1, 3)), Routed::Done));
+        // Replayed in part: only 4 and 5 are new.
+        assert!(matches!(route(numbers(2, 4)), Routed::Done));
+        // Replayed entirely: nothing new.
+        assert!(matches!(route(numbers(1, 5)), Routed::Done));
+        // 6 and 7 never came.
+        assert!(matches!(route(numbers(8, 2)), Routed::Done));
+        // Another stream's items, and an empty run, go nowhere.
+        assert!(matches!(
+            table.route("t", 10, numbers(10, 1).1),
+            Routed::Done
+        ));
+        assert!(matches!(route((10, Vec::new())), Routed::Done));
+        // A run whose numbering would overflow is refused.
+        assert!(matches!(route((u64::MAX, numbers(1, 2).1)), Routed::Done));
+        let expected: Vec<Option<u64>> = [1, 2, 3, 4, 5]
+            .into_iter()
+            .map(Some)
+            .chain([None, Some(8), Some(9)])
+            .collect();
+        assert_eq!(received(&mut items), expected);
     }
 }

@@ -24,6 +24,10 @@ pub type Metadata = BTreeMap<String, String>;
 /// most items the server may send ahead of the client's `streamAck`s (see [`StreamAck`]).
 pub const STREAM_WINDOW_METADATA: &str = "stream-window";
 
+/// The metadata key by which a stream call asks the server to send the items that are ready
+/// together in one [`StreamBatch`] envelope: its value is the most items per envelope.
+pub const STREAM_BATCH_METADATA: &str = "stream-batch";
+
 /// How a frame, and the payloads inside it, are encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -55,6 +59,8 @@ pub enum Envelope {
     Cancel(Cancel),
     /// The client has taken the items of a stream up to a sequence number (client → server).
     StreamAck(StreamAck),
+    /// Consecutive items of a stream (server → client, to clients that ask for it).
+    StreamBatch(StreamBatch),
 }
 
 impl Envelope {
@@ -65,6 +71,7 @@ impl Envelope {
             Envelope::Response(_) => "response",
             Envelope::StreamStart(_) => "streamStart",
             Envelope::StreamData(_) => "streamData",
+            Envelope::StreamBatch(_) => "streamBatch",
             Envelope::StreamEnd(_) => "streamEnd",
             Envelope::StreamError(_) => "streamError",
             Envelope::StreamResume(_) => "streamResume",
@@ -121,6 +128,24 @@ pub struct StreamData {
     /// The item.
     pub data: Payload,
     /// When the server produced the item, in milliseconds since the Unix epoch.
+    pub timestamp: u64,
+}
+
+/// Consecutive items of a stream in one envelope: item `i` has sequence number
+/// `first_sequence + i` (an extension of the contract).
+///
+/// Sent only on streams whose call had [`STREAM_BATCH_METADATA`] = N (at most N items each),
+/// when several items are ready at once; a client that asks must also understand `streamData`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamBatch {
+    /// The stream these items belong to.
+    pub stream_id: Arc<str>,
+    /// The sequence number of the first item.
+    pub first_sequence: u64,
+    /// The items, in order.
+    pub items: Vec<Payload>,
+    /// When the server sent the items, in milliseconds since the Unix epoch.
     pub timestamp: u64,
 }
 

@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 use trebuchet::codec::{self, Frame};
 use trebuchet::protocol::{
-    Cancel, Envelope, Invocation, Response, StreamAck, StreamData, StreamEnd, StreamError,
-    StreamResume, StreamStart,
+    Cancel, Envelope, Invocation, Response, StreamAck, StreamBatch, StreamData, StreamEnd,
+    StreamError, StreamResume, StreamStart,
 };
 use trebuchet::{Encoding, ErrorCode, Metadata, Payload, RemoteError};
 
@@ -150,6 +150,20 @@ fn envelope(encoding: Encoding) -> impl Strategy<Value = Envelope> {
                 sequence_number
             }
         )),
+        (
+            id,
+            any::<u64>(),
+            prop::collection::vec(payload(encoding), 0..4),
+            any::<u64>()
+        )
+            .prop_map(|(stream_id, first_sequence, items, timestamp)| {
+                Envelope::StreamBatch(StreamBatch {
+                    stream_id: stream_id.into(),
+                    first_sequence,
+                    items,
+                    timestamp,
+                })
+            }),
     ]
 }
 

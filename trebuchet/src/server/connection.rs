@@ -16,12 +16,14 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::codec::{self, encode_or_internal};
+use crate::codec::{self, Frame, encode_or_internal};
 use crate::protocol::{
-    Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response,
-    STREAM_WINDOW_METADATA, StreamData, StreamEnd, StreamError, StreamResume, StreamStart,
+    Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response, StreamBatch,
+    StreamData, StreamEnd, StreamError, StreamResume, StreamStart,
 };
-use crate::server::streams::{Handover, PUMP_BATCH, Producer, Pump, StreamEvent, StreamRegistry};
+use crate::server::streams::{
+    Handover, PUMP_BATCH, Producer, Pump, PumpBatch, StreamEvent, StreamOptions, StreamRegistry,
+};
 use crate::server::{Call, ConnectionInfo, ServerConfig};
 use crate::stream::Reply;
 use crate::transport::{FrameError, FrameIo};
@@ -122,7 +124,7 @@ where
         }
         tokio::select! {
             biased;
-            Some((call_id, encoding, window, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((call_id, encoding, options, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                 aborts.remove(&call_id);
                 let outcome: Result<Result<Reply, RemoteError>, Aborted> = outcome;
                 let Ok(outcome) = outcome else { continue }; // cancelled by the client
@@ -138,7 +140,7 @@ where
                     Ok(Reply::Stream(items)) => {
                         let stream_id = new_stream_id();
                         let start = Envelope::StreamStart(StreamStart { call_id, stream_id: stream_id.to_string() });
-                        let producer = registry.open(stream_id.clone(), call_id, window, items, &handovers);
+                        let producer = registry.open(stream_id.clone(), call_id, options, items, &handovers);
                         streams.push(Pump::new(stream_id.clone(), call_id, encoding, producer, registry.clone()));
                         open_streams.insert(call_id, OpenStream { stream_id, encoding });
                         send_envelope(&mut io, &start, encoding).await
@@ -319,9 +321,8 @@ where
                 let mut written = 0;
                 while let Some(batch) = next.take() {
                     written += batch.events.len();
-                    for event in batch.events {
-                        let envelope = stream_envelope(batch.call_id, &batch.stream_id, event, timestamp, &mut open_streams);
-                        if io.feed(encode_or_internal(&envelope, batch.encoding)).await.is_err() {
+                    for envelope in stream_envelopes(batch, timestamp, &mut open_streams) {
+                        if io.feed(envelope).await.is_err() {
                             break 'serve Ending::Closed;
                         }
                     }
@@ -348,15 +349,6 @@ where
     ending
 }
 
-/// The per-stream flow-control window a call asks for in its metadata, if any.
-fn requested_window(invocation: &Invocation) -> Option<u64> {
-    invocation
-        .metadata
-        .get(STREAM_WINDOW_METADATA)?
-        .parse()
-        .ok()
-}
-
 fn too_many_streams() -> RemoteError {
     RemoteError::unavailable(format!(
         "this connection already has {MAX_STREAMS_PER_CONNECTION} open streams"
@@ -376,7 +368,7 @@ async fn start_call<S>(
     S::Future: Send + 'static,
 {
     let call_id = invocation.call_id;
-    let window = requested_window(&invocation);
+    let options = StreamOptions::from_metadata(&invocation.metadata);
     let call = Call::new(invocation, connection.clone());
     let future = match service.ready().await {
         Ok(service) => service.call(call).boxed(),
@@ -386,19 +378,19 @@ async fn start_call<S>(
     aborts.insert(call_id, abort);
     in_flight.push(
         Abortable::new(future, registration)
-            .map(move |outcome| (call_id, encoding, window, outcome))
+            .map(move |outcome| (call_id, encoding, options, outcome))
             .boxed(),
     );
 }
 
-/// A call in flight: its `callId`, the encoding to answer in, the flow-control window it asked
-/// for (used if it opens a stream), and its outcome (`Err(Aborted)` when the client cancelled it).
+/// A call in flight: its `callId`, the encoding to answer in, the stream options it asked for
+/// (used if it opens a stream), and its outcome (`Err(Aborted)` when the client cancelled it).
 type InFlight = BoxFuture<
     'static,
     (
         u64,
         Encoding,
-        Option<u64>,
+        StreamOptions,
         Result<Result<Reply, RemoteError>, Aborted>,
     ),
 >;
@@ -430,39 +422,73 @@ fn hand_over(
 /// How many stream items are written (at least) before a flush.
 const STREAM_WRITE_BATCH: usize = PUMP_BATCH;
 
-/// The envelope for one stream event, sent at `timestamp`; an ended stream is no longer open.
-fn stream_envelope(
-    call_id: u64,
-    stream_id: &Arc<str>,
-    event: StreamEvent,
+/// The frames of a pump's batch of events, sent at `timestamp`: runs of items as `streamBatch`
+/// envelopes if the client takes them, else each item in a `streamData`; an ended stream is no
+/// longer open.
+fn stream_envelopes(
+    batch: PumpBatch,
     timestamp: u64,
     open_streams: &mut HashMap<u64, OpenStream>,
-) -> Envelope {
-    match event {
-        StreamEvent::Data {
-            sequence_number,
-            data,
-        } => Envelope::StreamData(StreamData {
-            stream_id: stream_id.clone(),
-            sequence_number,
-            data,
-            timestamp,
-        }),
-        StreamEvent::Failed(error) => {
-            // (The pump has parked the ended stream in the registry, for replay.)
-            open_streams.remove(&call_id);
-            Envelope::StreamError(StreamError {
+) -> Vec<Frame> {
+    let PumpBatch {
+        call_id,
+        stream_id,
+        encoding,
+        events,
+        items_per_envelope,
+    } = batch;
+    let mut frames = Vec::new();
+    let mut run: Vec<(u64, Payload)> = Vec::new();
+    let flush_run = |run: &mut Vec<(u64, Payload)>, frames: &mut Vec<Frame>| {
+        let envelope = match run.len() {
+            0 => return,
+            1 => {
+                let (sequence_number, data) = run.pop().expect("one item");
+                Envelope::StreamData(StreamData {
+                    stream_id: stream_id.clone(),
+                    sequence_number,
+                    data,
+                    timestamp,
+                })
+            }
+            _ => Envelope::StreamBatch(StreamBatch {
+                stream_id: stream_id.clone(),
+                first_sequence: run[0].0,
+                items: run.drain(..).map(|(_, data)| data).collect(),
+                timestamp,
+            }),
+        };
+        frames.push(encode_or_internal(&envelope, encoding));
+    };
+    for event in events {
+        let last = match event {
+            StreamEvent::Data {
+                sequence_number,
+                data,
+            } => {
+                run.push((sequence_number, data));
+                if run.len() >= items_per_envelope {
+                    flush_run(&mut run, &mut frames);
+                }
+                continue;
+            }
+            StreamEvent::Failed(error) => {
+                // (The pump has parked the ended stream in the registry, for replay.)
+                Envelope::StreamError(StreamError {
+                    stream_id: stream_id.to_string(),
+                    error,
+                })
+            }
+            StreamEvent::End => Envelope::StreamEnd(StreamEnd {
                 stream_id: stream_id.to_string(),
-                error,
-            })
-        }
-        StreamEvent::End => {
-            open_streams.remove(&call_id);
-            Envelope::StreamEnd(StreamEnd {
-                stream_id: stream_id.to_string(),
-            })
-        }
+            }),
+        };
+        flush_run(&mut run, &mut frames);
+        open_streams.remove(&call_id);
+        frames.push(encode_or_internal(&last, encoding));
     }
+    flush_run(&mut run, &mut frames);
+    frames
 }
 
 async fn send_stream_error<Io: FrameIo>(

@@ -20,7 +20,9 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::protocol::{Encoding, Payload, RemoteError};
+use crate::protocol::{
+    Encoding, Metadata, Payload, RemoteError, STREAM_BATCH_METADATA, STREAM_WINDOW_METADATA,
+};
 use crate::stream::PayloadStream;
 
 /// How much of each stream a server keeps for clients that resume it after a reconnect, and for
@@ -65,6 +67,42 @@ impl Default for ReplayConfig {
     }
 }
 
+/// What a stream call asked for in its metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StreamOptions {
+    /// Per-stream flow control ([`STREAM_WINDOW_METADATA`]): the most items sent and not yet
+    /// acknowledged.
+    pub(crate) window: Option<u64>,
+    /// The most items per `streamBatch` ([`STREAM_BATCH_METADATA`]); 1 (the default): each
+    /// item in a `streamData` of its own.
+    pub(crate) batch: usize,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            window: None,
+            batch: 1,
+        }
+    }
+}
+
+impl StreamOptions {
+    /// The options a call's `metadata` asks for.
+    pub(crate) fn from_metadata(metadata: &Metadata) -> Self {
+        let number = |key: &str| {
+            metadata
+                .get(key)
+                .and_then(|value| value.parse::<u64>().ok())
+        };
+        StreamOptions {
+            window: number(STREAM_WINDOW_METADATA),
+            batch: number(STREAM_BATCH_METADATA)
+                .map_or(1, |batch| batch.clamp(1, PUMP_BATCH as u64) as usize),
+        }
+    }
+}
+
 /// What happens next on an open stream.
 pub(crate) enum StreamEvent {
     Data { sequence_number: u64, data: Payload },
@@ -105,6 +143,8 @@ pub(crate) struct Producer {
     acked: u64,
     /// The pump waiting for an acknowledgement.
     waiting_for_ack: Option<Waker>,
+    /// The most items per envelope the client takes (see [`StreamOptions::batch`]).
+    batch: usize,
     config: Arc<ReplayConfig>,
 }
 
@@ -112,12 +152,12 @@ impl Producer {
     fn new(
         items: PayloadStream,
         call_id: u64,
-        window: Option<u64>,
+        options: StreamOptions,
         config: Arc<ReplayConfig>,
     ) -> Self {
         // Never more unacknowledged items than the replay buffer keeps: a resume can then
         // always be served from it.
-        let window = window.map(|window| match config.max_items {
+        let window = options.window.map(|window| match config.max_items {
             0 => window.max(1),
             kept => window.clamp(1, kept as u64),
         });
@@ -134,6 +174,7 @@ impl Producer {
             window,
             acked: 0,
             waiting_for_ack: None,
+            batch: options.batch,
             config,
         }
     }
@@ -313,6 +354,8 @@ pub(crate) struct PumpBatch {
     pub(crate) stream_id: Arc<str>,
     pub(crate) encoding: Encoding,
     pub(crate) events: Vec<StreamEvent>,
+    /// The most items the client takes per envelope.
+    pub(crate) items_per_envelope: usize,
 }
 
 /// The most events a pump hands over at once: how far a producer may run ahead of the socket.
@@ -324,6 +367,7 @@ impl Stream for Pump {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PumpBatch>> {
         let this = &mut *self;
         let now = Instant::now();
+        let items_per_envelope = this.producer.as_ref().map_or(1, |producer| producer.batch);
         let mut events = Vec::new();
         while events.len() < PUMP_BATCH {
             match this.poll_event(cx, now) {
@@ -345,6 +389,7 @@ impl Stream for Pump {
             stream_id: this.stream_id.clone(),
             encoding: this.encoding,
             events,
+            items_per_envelope,
         }))
     }
 }
@@ -436,12 +481,12 @@ impl StreamRegistry {
         &self,
         stream_id: Arc<str>,
         call_id: u64,
-        window: Option<u64>,
+        options: StreamOptions,
         items: PayloadStream,
         handovers: &HandoverSender,
     ) -> Box<Producer> {
         self.attach(stream_id, handovers);
-        Box::new(Producer::new(items, call_id, window, self.config.clone()))
+        Box::new(Producer::new(items, call_id, options, self.config.clone()))
     }
 
     /// Registers a stream as live on the connection behind `handovers`.
@@ -576,7 +621,12 @@ mod tests {
         let items = futures_util::stream::iter(1..=count)
             .map(|n| Ok(Payload::encode(&n, Encoding::Json).unwrap()))
             .boxed();
-        Box::new(Producer::new(items, 1, None, Arc::new(config)))
+        Box::new(Producer::new(
+            items,
+            1,
+            StreamOptions::default(),
+            Arc::new(config),
+        ))
     }
 
     /// The pump's next event (one, where polling the pump gives a batch).
@@ -663,7 +713,11 @@ mod tests {
         let items = futures_util::stream::iter(1..=100u64)
             .map(|n| Ok(Payload::encode(&n, Encoding::Json).unwrap()))
             .boxed();
-        let producer = Box::new(Producer::new(items, 1, Some(4), registry.config.clone()));
+        let options = StreamOptions {
+            window: Some(4),
+            batch: 1,
+        };
+        let producer = Box::new(Producer::new(items, 1, options, registry.config.clone()));
         let mut pump = Pump::new(Arc::from("w"), 1, Encoding::Json, producer, registry);
         assert_eq!(pump.next().await.unwrap().events.len(), 4);
         let waiting = tokio::time::timeout(Duration::from_millis(50), pump.next()).await;
@@ -724,7 +778,7 @@ mod tests {
         let producer = registry.open(
             Arc::from("c"),
             1,
-            None,
+            StreamOptions::default(),
             futures_util::stream::empty().boxed(),
             &handovers,
         );
