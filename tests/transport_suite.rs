@@ -197,8 +197,8 @@ async fn dropping_a_stream_stops_its_producer(bed: Bed) {
 
 async fn a_slow_consumer_holds_back_a_fast_producer(bed: Bed) {
     let probe = bed.probe();
-    // A consumer that is not reading holds up its connection once its buffer is full (there is
-    // no per-stream flow control yet), so the producer is watched over a connection of its own.
+    // The producer is watched over a connection of its own (the Local transport has no
+    // per-stream flow control: there, a consumer that is not reading holds up its caller).
     let monitor: ProbeClient = bed.second_client().await.actor("probe");
     let mut stream = probe.endless(4096).await.unwrap();
     for _ in 0..20 {
@@ -207,7 +207,8 @@ async fn a_slow_consumer_holds_back_a_fast_producer(bed: Bed) {
     }
     let (produced, _) = monitor.production().await.unwrap();
     // Unchecked, the producer would have made hundreds of thousands of 4 KiB items by now; with
-    // backpressure it is held to what the buffers on the way hold (a few MiB at most).
+    // backpressure it is held to the flow-control window (1 MiB of items over the network) or
+    // what the buffers on the way hold.
     assert!(
         produced < 2_000,
         "the producer ran ahead: {produced} items for 20 taken"

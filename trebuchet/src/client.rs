@@ -105,6 +105,11 @@ pub struct ClientConfig {
     pub connections: usize,
     /// Reconnection after a lost connection.
     pub reconnect: ReconnectPolicy,
+    /// How many items of one stream the server may send ahead of the consumer (default 1024;
+    /// the server may allow fewer). The client acknowledges every half window taken and keeps
+    /// up to a window of items per stream: more lets a fast stream flow with fewer pauses, less
+    /// bounds memory per stream and the items a reconnect must replay.
+    pub stream_window: u64,
     /// Sent with every invocation (for example `authorization`).
     pub metadata: Metadata,
 }
@@ -134,6 +139,7 @@ impl Default for ClientConfig {
             max_in_flight: 1024,
             connections: 1,
             reconnect: ReconnectPolicy::default(),
+            stream_window: 1024,
             metadata: Metadata::new(),
         }
     }

@@ -83,14 +83,10 @@ enum StreamItem {
     End,
 }
 
-/// How many items of a stream the server may send ahead of the consumer (per-stream flow
-/// control: the consumer acknowledges with `streamAck` each time it has taken half of them).
-const STREAM_WINDOW: u64 = 256;
-
-/// Room in a stream's channel: the window, and a few for gap reports and the end. A server that
-/// keeps to the window never makes the reader wait for a slow consumer, so one slow stream does
-/// not hold up the others on its connection.
-const STREAM_BUFFER: usize = STREAM_WINDOW as usize + 8;
+/// Room in a stream's channel beyond its window (`ClientConfig::stream_window`): for gap reports
+/// and the end. A server that keeps to the window never makes the reader wait for a slow
+/// consumer, so one slow stream does not hold up the others on its connection.
+const STREAM_BUFFER_SPARE: usize = 8;
 
 /// The most items of a stream the client takes in one `streamBatch` envelope.
 const STREAM_BATCH: usize = 64;
@@ -145,12 +141,22 @@ enum Routed {
 }
 
 /// The open streams of one client, shared by its successive links.
-#[derive(Default)]
-struct StreamTable(Mutex<StreamRoutes>);
+struct StreamTable {
+    routes: Mutex<StreamRoutes>,
+    /// The client's flow-control window (`ClientConfig::stream_window`).
+    window: u64,
+}
 
 impl StreamTable {
+    fn new(window: u64) -> Self {
+        StreamTable {
+            routes: Mutex::default(),
+            window,
+        }
+    }
+
     fn routes(&self) -> MutexGuard<'_, StreamRoutes> {
-        lock(&self.0)
+        lock(&self.routes)
     }
 
     /// A new stream, answered with `streamStart` to the call `key`.
@@ -160,7 +166,7 @@ impl StreamTable {
         stream_id: String,
         call: Arc<StreamCall>,
     ) -> mpsc::Receiver<StreamItem> {
-        let (feed, items) = mpsc::channel(STREAM_BUFFER);
+        let (feed, items) = mpsc::channel(stream_buffer(self.window));
         let mut routes = self.routes();
         routes.by_stream_id.insert(stream_id.clone(), key);
         routes.routes.insert(
@@ -425,7 +431,7 @@ impl<Io: FrameIo + 'static> Link<Io> {
                     // Route what has already arrived before giving the turn back, so the next
                     // items are waiting in the channel instead of each needing a turn. Never more
                     // than our own channel has room for: we are the one who empties it.
-                    let room = STREAM_BUFFER.saturating_sub(items.len() + 1);
+                    let room = items.capacity().saturating_sub(1);
                     // A lost connection shows at the next read; this item is still good.
                     let _ = self.route_arrived(&mut reader, room).await;
                     return Ok(Some(item));
@@ -590,10 +596,18 @@ impl<Io: FrameIo + 'static> Link<Io> {
     }
 }
 
+/// Room for the items of a stream with flow-control window `window`, and a few more events.
+fn stream_buffer(window: u64) -> usize {
+    usize::try_from(window).unwrap_or(usize::MAX / 2) + STREAM_BUFFER_SPARE
+}
+
 /// The metadata of a stream call (or resume): the client's own, flow control and batches.
 fn stream_metadata(config: &ClientConfig) -> crate::protocol::Metadata {
     let mut metadata = config.outgoing_metadata();
-    metadata.insert(STREAM_WINDOW_METADATA.to_owned(), STREAM_WINDOW.to_string());
+    metadata.insert(
+        STREAM_WINDOW_METADATA.to_owned(),
+        config.stream_window.to_string(),
+    );
     metadata.insert(STREAM_BATCH_METADATA.to_owned(), STREAM_BATCH.to_string());
     metadata
 }
@@ -614,6 +628,8 @@ struct StreamConsumer<Io: FrameIo + 'static> {
     /// The stream's id on the server, as of the items being taken (what acks name: items taken
     /// before a restart are acknowledged to the old stream, which ignores it).
     stream_id: String,
+    /// The flow-control window the stream was opened with.
+    window: u64,
     /// Items received together and not taken yet, and the number of the first of them.
     pending: std::vec::IntoIter<Payload>,
     pending_sequence: u64,
@@ -628,7 +644,7 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
             if let Some(data) = self.pending.next() {
                 self.taken = self.pending_sequence;
                 self.pending_sequence += 1;
-                if self.taken >= self.acked + STREAM_WINDOW / 2 {
+                if self.taken >= self.acked + (self.window / 2).max(1) {
                     self.acknowledge().await;
                 }
                 return Some(Ok(data));
@@ -761,7 +777,7 @@ impl<C: Connector> Multiplexed<C> {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         // The first link is up before `connect` returns: calls made right away must not wait for
         // the supervisor task (waking waiters would lose the order the calls were made in).
-        let streams = Arc::new(StreamTable::default());
+        let streams = Arc::new(StreamTable::new(config.stream_window.max(1)));
         let link = Link::new(io, streams.clone());
         let (state, watched) = watch::channel(LinkState::Up(link.clone()));
         let closed = CancellationToken::new();
@@ -927,6 +943,7 @@ impl<C: Connector> Multiplexed<C> {
                     taken: 0,
                     acked: 0,
                     stream_id,
+                    window: self.config.stream_window,
                     pending: Vec::new().into_iter(),
                     pending_sequence: 0,
                 };
@@ -1173,7 +1190,7 @@ mod tests {
 
     #[test]
     fn runs_of_items_are_routed_once_each_and_jumps_are_reported() {
-        let table = StreamTable::default();
+        let table = StreamTable::new(16);
         let call = Arc::new(StreamCall {
             actor_id: "a".into(),
             method: "m".into(),

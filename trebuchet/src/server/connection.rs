@@ -420,7 +420,7 @@ fn hand_over(
 }
 
 /// How many stream items are written (at least) before a flush.
-const STREAM_WRITE_BATCH: usize = PUMP_BATCH;
+const STREAM_WRITE_BATCH: usize = 4 * PUMP_BATCH;
 
 /// The frames of a pump's batch of events, sent at `timestamp`: runs of items as `streamBatch`
 /// envelopes if the client takes them, else each item in a `streamData`; an ended stream is no

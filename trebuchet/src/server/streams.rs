@@ -141,6 +141,8 @@ pub(crate) struct Producer {
     window: Option<u64>,
     /// The last item the client acknowledged.
     acked: u64,
+    /// The bytes of the items after `acked` (as far as the replay buffer holds them).
+    unacked_bytes: usize,
     /// The pump waiting for an acknowledgement.
     waiting_for_ack: Option<Waker>,
     /// The most items per envelope the client takes (see [`StreamOptions::batch`]).
@@ -173,21 +175,48 @@ impl Producer {
             original_call_id: call_id,
             window,
             acked: 0,
+            unacked_bytes: 0,
             waiting_for_ack: None,
             batch: options.batch,
             config,
         }
     }
 
+    /// Whether the client must acknowledge before more is sent: `window` items, or as many
+    /// bytes as the replay buffer keeps, are unacknowledged (so that what the client has not
+    /// taken can always be replayed). One item may always be in flight.
+    fn window_is_full(&self, window: u64) -> bool {
+        self.sequence >= self.acked + window
+            || (self.config.max_items > 0
+                && self.sequence > self.acked
+                && self.unacked_bytes >= self.config.max_bytes)
+    }
+
     fn remember(&mut self, sequence: u64, data: &Payload, now: Instant) {
         if self.config.max_items == 0 {
             return;
         }
+        self.unacked_bytes += data.len();
         self.replay.bytes += data.len();
         self.replay.items.push_back((sequence, now, data.clone()));
+        self.trim();
+    }
+
+    /// Drops the oldest items while the buffer is over its limits; with flow control, never an
+    /// item the client has not acknowledged (the window bounds those: at most `max_items`
+    /// items, and `max_bytes` plus one item).
+    fn trim(&mut self) {
         while self.replay.items.len() > self.config.max_items
             || self.replay.bytes > self.config.max_bytes
         {
+            let unacknowledged = self
+                .replay
+                .items
+                .front()
+                .is_some_and(|(sequence, _, _)| *sequence > self.acked);
+            if self.window.is_some() && unacknowledged {
+                break;
+            }
             self.forget_oldest();
         }
     }
@@ -203,6 +232,15 @@ impl Producer {
         let sequence_number = sequence_number.min(self.sequence);
         if sequence_number > self.acked {
             self.acked = sequence_number;
+            self.unacked_bytes = self
+                .replay
+                .items
+                .iter()
+                .rev()
+                .take_while(|(sequence, _, _)| *sequence > sequence_number)
+                .map(|(_, _, data)| data.len())
+                .sum();
+            self.trim();
             if let Some(waker) = self.waiting_for_ack.take() {
                 waker.wake();
             }
@@ -315,7 +353,7 @@ impl Pump {
             Some(terminal) => terminal,
             None if producer
                 .window
-                .is_some_and(|window| producer.sequence >= producer.acked + window) =>
+                .is_some_and(|window| producer.window_is_full(window)) =>
             {
                 // As far ahead of the client as it allowed: wait for its `streamAck`.
                 producer.waiting_for_ack = Some(cx.waker().clone());
@@ -726,6 +764,40 @@ mod tests {
         assert_eq!(pump.next().await.unwrap().events.len(), 2);
         let waiting = tokio::time::timeout(Duration::from_millis(50), pump.next()).await;
         assert!(waiting.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_windowed_stream_never_has_more_unacknowledged_bytes_than_it_keeps() {
+        let config = ReplayConfig {
+            max_bytes: 100,
+            ..ReplayConfig::default()
+        };
+        let registry = StreamRegistry::new(config.clone());
+        // 40-byte items (a JSON string of 38 characters).
+        let items = futures_util::stream::repeat_with(|| {
+            Ok(Payload::encode(&"x".repeat(38), Encoding::Json).unwrap())
+        })
+        .boxed();
+        let options = StreamOptions {
+            window: Some(1000),
+            batch: 1,
+        };
+        let producer = Box::new(Producer::new(items, 1, options, Arc::new(config)));
+        let mut pump = Pump::new(Arc::from("w"), 1, Encoding::Json, producer, registry);
+        // 3 × 40 ≥ 100: the third item fills it.
+        assert_eq!(pump.next().await.unwrap().events.len(), 3);
+        let waiting = tokio::time::timeout(Duration::from_millis(50), pump.next()).await;
+        assert!(
+            waiting.is_err(),
+            "more than the replay buffer keeps went out unacknowledged"
+        );
+        pump.acknowledge(2);
+        assert_eq!(pump.next().await.unwrap().events.len(), 2);
+        let mut producer = pump.take_producer().unwrap();
+        assert!(
+            producer.resume_after(2),
+            "what the client has not acknowledged is replayable"
+        );
     }
 
     #[tokio::test]
