@@ -13,20 +13,20 @@ use tarpc::tokio_serde::formats::Bincode;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{Echo, EchoClient, PAYLOAD};
+use support::{ByteBuf, Echo, EchoClient, PAYLOAD};
 
 const IN_FLIGHT: usize = 64;
 
 #[tarpc::service]
 trait EchoService {
-    async fn echo(data: Vec<u8>) -> Vec<u8>;
+    async fn echo(data: ByteBuf) -> ByteBuf;
 }
 
 #[derive(Clone)]
 struct EchoServer;
 
 impl EchoService for EchoServer {
-    async fn echo(self, _: tarpc::context::Context, data: Vec<u8>) -> Vec<u8> {
+    async fn echo(self, _: tarpc::context::Context, data: ByteBuf) -> ByteBuf {
         data
     }
 }
@@ -86,7 +86,7 @@ fn tcp_pipelined(c: &mut Criterion) {
     println!("tcp_pipelined: one connection, {IN_FLIGHT} calls in flight, {PAYLOAD}-byte payloads");
 
     let trebuchet_calls = |echo: EchoClient, calls: u64| async move {
-        let data = vec![7u8; PAYLOAD];
+        let data = support::payload();
         pipelined(calls, || {
             let (echo, data) = (echo.clone(), data.clone());
             async move {
@@ -96,7 +96,7 @@ fn tcp_pipelined(c: &mut Criterion) {
         .await
     };
     let tarpc_calls = |client: EchoServiceClient, calls: u64| async move {
-        let data = vec![7u8; PAYLOAD];
+        let data = support::payload();
         pipelined(calls, || {
             let (client, data) = (client.clone(), data.clone());
             async move {

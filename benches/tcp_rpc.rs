@@ -60,7 +60,7 @@ fn tcp_rpc(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let echo = echo.clone();
             rt.block_on(rt.spawn(async move {
-                let data = vec![7u8; PAYLOAD];
+                let data = support::payload();
                 let start = Instant::now();
                 for _ in 0..iters {
                     black_box(echo.echo(data.clone()).await.unwrap());
@@ -93,7 +93,7 @@ fn tcp_rpc(c: &mut Criterion) {
     let mut stream = raw.take().unwrap();
     let (ours, reference) = rt
         .block_on(rt.spawn(async move {
-            let data = vec![7u8; PAYLOAD];
+            let data = support::payload();
             let mut message = vec![7u8; size];
             let (mut ours, mut reference) = (Vec::new(), Vec::new());
             for _ in 0..40 {

@@ -49,7 +49,7 @@ fn ws_rpc(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let echo = echo.clone();
             rt.block_on(rt.spawn(async move {
-                let data = vec![7u8; PAYLOAD];
+                let data = support::payload();
                 let start = Instant::now();
                 for _ in 0..iters {
                     black_box(echo.echo(data.clone()).await.unwrap());
@@ -90,7 +90,7 @@ fn ws_rpc(c: &mut Criterion) {
     let mut ws = socket.take().unwrap();
     let (ours, reference) = rt
         .block_on(rt.spawn(async move {
-            let data = vec![7u8; PAYLOAD];
+            let data = support::payload();
             let message = vec![7u8; frame_size];
             let (mut ours, mut reference) = (Vec::new(), Vec::new());
             for _ in 0..40 {

@@ -134,14 +134,14 @@ impl Encoder<Frame> for LengthPrefixed {
 
 /// A TCP connection (after the handshake) as a duplex stream of [`Frame`]s.
 pub struct TcpFrames {
-    framed: Framed<TcpStream, LengthPrefixed>,
+    framed: Framed<PlainWrites, LengthPrefixed>,
 }
 
 impl TcpFrames {
     fn new(stream: TcpStream, max_frame_size: usize) -> Self {
         let _ = stream.set_nodelay(true);
         TcpFrames {
-            framed: Framed::new(stream, LengthPrefixed { max_frame_size }),
+            framed: Framed::new(PlainWrites(stream), LengthPrefixed { max_frame_size }),
         }
     }
 
@@ -181,6 +181,38 @@ impl Sink<Frame> for TcpFrames {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
         self.framed.poll_close_unpin(cx)
+    }
+}
+
+/// A TCP stream that the codec writes with plain `send`s: its write buffer is one contiguous
+/// slice, and `writev` of a single slice costs the kernel more than `send` of it.
+struct PlainWrites(TcpStream);
+
+impl tokio::io::AsyncRead for PlainWrites {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PlainWrites {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -240,7 +272,7 @@ async fn serve_socket<S>(
     )
     .await;
     if ending == Ending::DrainInput {
-        super::drain_input(frames.framed.get_mut()).await;
+        super::drain_input(&mut frames.framed.get_mut().0).await;
     }
     tracing::debug!(%peer_addr, "TCP connection closed");
 }
