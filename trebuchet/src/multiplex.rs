@@ -443,37 +443,51 @@ impl<Io: FrameIo + 'static> Link<Io> {
         }
     }
 
-    /// Queues `frame` and writes the outbox unless another caller is already writing it.
+    /// Writes `frame`, and what other callers queued meanwhile, unless another caller is already
+    /// writing: then queues it for that writer.
     async fn send(&self, frame: Frame) -> Result<(), FrameError> {
-        lock(&self.outbox).push_back(frame);
+        let (mut writer, mut next) = match self.writer.try_lock() {
+            Ok(writer) => (writer, Some(frame)),
+            Err(_) => {
+                lock(&self.outbox).push_back(frame);
+                // The writer may have just let go: look again, or it would sit in the outbox.
+                match self.writer.try_lock() {
+                    Ok(writer) => (writer, None),
+                    // The current writer takes our frame: it looks at the outbox again after
+                    // releasing the socket.
+                    Err(_) => return Ok(()),
+                }
+            }
+        };
         loop {
-            let Ok(mut writer) = self.writer.try_lock() else {
-                // The current writer takes our frame: it looks at the outbox again after
-                // releasing the socket.
-                return Ok(());
-            };
-            loop {
-                let batch: Vec<Frame> = lock(&self.outbox).drain(..).collect();
-                if batch.is_empty() {
-                    break;
+            let written = async {
+                // Frames queued earlier go first.
+                while let Some(frame) = self.next_queued().or_else(|| next.take()) {
+                    writer.feed(frame).await?;
                 }
-                let written = async {
-                    for frame in batch {
-                        writer.feed(frame).await?;
-                    }
-                    writer.flush().await
-                }
-                .await;
-                if let Err(error) = written {
-                    self.broken.cancel();
-                    return Err(error);
-                }
+                writer.flush().await
+            }
+            .await;
+            if let Err(error) = written {
+                self.broken.cancel();
+                return Err(error);
             }
             drop(writer);
             if lock(&self.outbox).is_empty() {
                 return Ok(());
             }
+            // Queued after our last look but before we let go: write it (unless someone else
+            // has taken the socket meanwhile and will).
+            writer = match self.writer.try_lock() {
+                Ok(writer) => writer,
+                Err(_) => return Ok(()),
+            };
         }
+    }
+
+    /// The oldest frame in the outbox.
+    fn next_queued(&self) -> Option<Frame> {
+        lock(&self.outbox).pop_front()
     }
 
     /// Registers a caller for `call_id` (with what it is, if it opens a stream); `None` if the
