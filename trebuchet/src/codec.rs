@@ -481,21 +481,27 @@ struct BinaryStreamBatch<'a> {
 
 /// Reads `bytes` (all of them) as a `T` borrowing from them.
 fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
-    match bincode::serde::borrow_decode_from_slice::<T, _>(bytes, crate::protocol::bincode_config())
-    {
-        Ok((value, read)) if read == bytes.len() => Ok(value),
-        Ok((_, read)) => Err(DecodeError::new(
-            None,
-            format!(
-                "malformed binary envelope: {} trailing bytes",
-                bytes.len() - read
-            ),
-        )),
-        Err(error) => Err(DecodeError::new(
-            None,
-            format!("malformed binary envelope: {error}"),
-        )),
-    }
+    let decoded =
+        bincode::serde::borrow_decode_from_slice::<T, _>(bytes, crate::protocol::bincode_config());
+    whole_envelope(decoded, bytes, || None)
+}
+
+/// The value bincode read from `bytes`, if it read all of them; else the error, with the
+/// `callId` from `call_id`.
+fn whole_envelope<T>(
+    decoded: Result<(T, usize), bincode::error::DecodeError>,
+    bytes: &[u8],
+    call_id: impl FnOnce() -> Option<u64>,
+) -> Result<T, DecodeError> {
+    let message = match decoded {
+        Ok((value, read)) if read == bytes.len() => return Ok(value),
+        Ok((_, read)) => format!(
+            "malformed binary envelope: {} trailing bytes",
+            bytes.len() - read
+        ),
+        Err(error) => format!("malformed binary envelope: {error}"),
+    };
+    Err(DecodeError::new(call_id(), message))
 }
 
 /// Decodes one frame as a client reads it (see [`Incoming`]).
@@ -540,20 +546,10 @@ pub(crate) fn decode_incoming(frame: &Frame) -> Result<Incoming<'_>, DecodeError
 }
 
 fn decode_binary(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-    match decode_bincode::<BinaryOwned>(bytes) {
-        Ok((envelope, read)) if read == bytes.len() => Ok(envelope.into()),
-        Ok((_, read)) => Err(DecodeError::new(
-            binary_call_id(bytes),
-            format!(
-                "malformed binary envelope: {} trailing bytes",
-                bytes.len() - read
-            ),
-        )),
-        Err(error) => Err(DecodeError::new(
-            binary_call_id(bytes),
-            format!("malformed binary envelope: {error}"),
-        )),
-    }
+    whole_envelope(decode_bincode::<BinaryOwned>(bytes), bytes, || {
+        binary_call_id(bytes)
+    })
+    .map(Envelope::from)
 }
 
 /// The `callId` at the start of a binary envelope that carries one.

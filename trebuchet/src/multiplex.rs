@@ -443,26 +443,17 @@ impl<Io: FrameIo + 'static> Link<Io> {
         }
     }
 
-    /// Writes `frame`, and what other callers queued meanwhile, unless another caller is already
-    /// writing: then queues it for that writer.
+    /// Queues `frame` and writes the outbox unless another caller is already writing it.
     async fn send(&self, frame: Frame) -> Result<(), FrameError> {
-        let (mut writer, mut next) = match self.writer.try_lock() {
-            Ok(writer) => (writer, Some(frame)),
-            Err(_) => {
-                lock(&self.outbox).push_back(frame);
-                // The writer may have just let go: look again, or it would sit in the outbox.
-                match self.writer.try_lock() {
-                    Ok(writer) => (writer, None),
-                    // The current writer takes our frame: it looks at the outbox again after
-                    // releasing the socket.
-                    Err(_) => return Ok(()),
-                }
-            }
-        };
+        lock(&self.outbox).push_back(frame);
         loop {
+            let Ok(mut writer) = self.writer.try_lock() else {
+                // The current writer takes our frame: it looks at the outbox again after
+                // releasing the socket.
+                return Ok(());
+            };
             let written = async {
-                // Frames queued earlier go first.
-                while let Some(frame) = self.next_queued().or_else(|| next.take()) {
+                while let Some(frame) = self.next_queued() {
                     writer.feed(frame).await?;
                 }
                 writer.flush().await
@@ -476,12 +467,6 @@ impl<Io: FrameIo + 'static> Link<Io> {
             if lock(&self.outbox).is_empty() {
                 return Ok(());
             }
-            // Queued after our last look but before we let go: write it (unless someone else
-            // has taken the socket meanwhile and will).
-            writer = match self.writer.try_lock() {
-                Ok(writer) => writer,
-                Err(_) => return Ok(()),
-            };
         }
     }
 
@@ -642,8 +627,6 @@ struct StreamConsumer<Io: FrameIo + 'static> {
     /// The stream's id on the server, as of the items being taken (what acks name: items taken
     /// before a restart are acknowledged to the old stream, which ignores it).
     stream_id: String,
-    /// The flow-control window the stream was opened with.
-    window: u64,
     /// Items received together and not taken yet, and the number of the first of them.
     pending: std::vec::IntoIter<Payload>,
     pending_sequence: u64,
@@ -658,7 +641,7 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
             if let Some(data) = self.pending.next() {
                 self.taken = self.pending_sequence;
                 self.pending_sequence += 1;
-                if self.taken >= self.acked + (self.window / 2).max(1) {
+                if self.taken >= self.acked + (self.streams.window / 2).max(1) {
                     self.acknowledge().await;
                 }
                 return Some(Ok(data));
@@ -957,7 +940,6 @@ impl<C: Connector> Multiplexed<C> {
                     taken: 0,
                     acked: 0,
                     stream_id,
-                    window: self.config.stream_window,
                     pending: Vec::new().into_iter(),
                     pending_sequence: 0,
                 };

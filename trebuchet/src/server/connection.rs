@@ -131,7 +131,7 @@ where
                 let sent = match outcome {
                     Ok(Reply::Stream(items)) if draining => {
                         drop(items);
-                        let error = RemoteError::unavailable("the server is shutting down");
+                        let error = shutting_down();
                         send_response(&mut io, Some(call_id), Err(error), encoding, &config).await
                     }
                     Ok(Reply::Stream(_)) if open_streams.len() >= MAX_STREAMS_PER_CONNECTION => {
@@ -158,8 +158,7 @@ where
             }
             Some((resume, encoding, producer)) = resumptions.next(), if !resumptions.is_empty() => {
                 let call_id = resume.call_id.or(producer.as_ref().map(|producer| producer.original_call_id)).unwrap_or(0);
-                if aborts.contains_key(&call_id) || open_streams.contains_key(&call_id) {
-                    let error = RemoteError::bad_request(format!("callId {call_id} is already in flight on this connection"));
+                if let Err(error) = call_id_free(call_id, &aborts, &open_streams) {
                     if let Some(producer) = producer {
                         registry.park(Arc::from(resume.stream_id.as_str()), producer);
                     }
@@ -187,7 +186,7 @@ where
                         open_streams.insert(call_id, OpenStream { stream_id, encoding });
                     }
                     _ if draining => {
-                        let error = RemoteError::unavailable("the server is shutting down");
+                        let error = shutting_down();
                         if send_stream_error(&mut io, &resume.stream_id, error, encoding).await.is_err() {
                             break Ending::Closed;
                         }
@@ -216,7 +215,7 @@ where
                 }
                 for (_, open) in open_streams.drain() {
                     registry.close(&open.stream_id);
-                    let error = RemoteError::unavailable("the server is shutting down");
+                    let error = shutting_down();
                     if send_stream_error(&mut io, &open.stream_id, error, open.encoding).await.is_err() {
                         break 'serve Ending::Closed;
                     }
@@ -258,8 +257,7 @@ where
                 match envelope {
                     Envelope::Invocation(invocation) => {
                         let call_id = invocation.call_id;
-                        if aborts.contains_key(&call_id) || open_streams.contains_key(&call_id) {
-                            let error = RemoteError::bad_request(format!("callId {call_id} is already in flight on this connection"));
+                        if let Err(error) = call_id_free(call_id, &aborts, &open_streams) {
                             if send_response(&mut io, Some(call_id), Err(error), frame.encoding, &config).await.is_err() {
                                 break Ending::Closed;
                             }
@@ -311,8 +309,9 @@ where
                 }
             }
             // Last in this biased select, so incoming frames (a `cancel` above all) are read even
-            // while streams have items ready. A stream is only polled when its previous item has
-            // been written: a producer never runs ahead of the socket (backpressure).
+            // while streams have items ready. A stream is polled again only once its previous
+            // batch has been written: a producer runs at most `PUMP_BATCH` items ahead of the
+            // socket (backpressure).
             Some(first) = streams.next(), if !streams.is_empty() => {
                 // Write the events that were ready together, and those of other streams ready
                 // too (up to a limit), then flush once: one write for many small items.
@@ -347,6 +346,24 @@ where
     drop(handover_requests);
     let _ = io.close().await;
     ending
+}
+
+/// `bad_request` if a call or stream with `call_id` is still open on this connection.
+fn call_id_free(
+    call_id: u64,
+    aborts: &HashMap<u64, AbortHandle>,
+    open_streams: &HashMap<u64, OpenStream>,
+) -> Result<(), RemoteError> {
+    if aborts.contains_key(&call_id) || open_streams.contains_key(&call_id) {
+        return Err(RemoteError::bad_request(format!(
+            "callId {call_id} is already in flight on this connection"
+        )));
+    }
+    Ok(())
+}
+
+fn shutting_down() -> RemoteError {
+    RemoteError::unavailable("the server is shutting down")
 }
 
 fn too_many_streams() -> RemoteError {
@@ -438,23 +455,21 @@ fn stream_envelopes(
         items_per_envelope,
     } = batch;
     let mut frames = Vec::new();
-    let mut run: Vec<(u64, Payload)> = Vec::new();
-    let flush_run = |run: &mut Vec<(u64, Payload)>, frames: &mut Vec<Frame>| {
+    // Items not yet in an envelope: consecutive (the pump numbers them), from `run_first`.
+    let (mut run, mut run_first): (Vec<Payload>, u64) = (Vec::new(), 0);
+    let flush_run = |run: &mut Vec<Payload>, first: u64, frames: &mut Vec<Frame>| {
         let envelope = match run.len() {
             0 => return,
-            1 => {
-                let (sequence_number, data) = run.pop().expect("one item");
-                Envelope::StreamData(StreamData {
-                    stream_id: stream_id.clone(),
-                    sequence_number,
-                    data,
-                    timestamp,
-                })
-            }
+            1 => Envelope::StreamData(StreamData {
+                stream_id: stream_id.clone(),
+                sequence_number: first,
+                data: run.pop().expect("one item"),
+                timestamp,
+            }),
             _ => Envelope::StreamBatch(StreamBatch {
                 stream_id: stream_id.clone(),
-                first_sequence: run[0].0,
-                items: run.drain(..).map(|(_, data)| data).collect(),
+                first_sequence: first,
+                items: std::mem::replace(run, Vec::with_capacity(items_per_envelope)),
                 timestamp,
             }),
         };
@@ -466,9 +481,12 @@ fn stream_envelopes(
                 sequence_number,
                 data,
             } => {
-                run.push((sequence_number, data));
+                if run.is_empty() {
+                    run_first = sequence_number;
+                }
+                run.push(data);
                 if run.len() >= items_per_envelope {
-                    flush_run(&mut run, &mut frames);
+                    flush_run(&mut run, run_first, &mut frames);
                 }
                 continue;
             }
@@ -483,11 +501,11 @@ fn stream_envelopes(
                 stream_id: stream_id.to_string(),
             }),
         };
-        flush_run(&mut run, &mut frames);
+        flush_run(&mut run, run_first, &mut frames);
         open_streams.remove(&call_id);
         frames.push(encode_or_internal(&last, encoding));
     }
-    flush_run(&mut run, &mut frames);
+    flush_run(&mut run, run_first, &mut frames);
     frames
 }
 

@@ -282,8 +282,9 @@ impl Producer {
     }
 }
 
-/// An open stream as a connection polls it: its items, numbered, each taken from the producer
-/// only when the previous one has been written (the connection polls it again only then).
+/// An open stream as a connection polls it: its items, numbered, in batches of what the producer
+/// has ready (at most [`PUMP_BATCH`]); the connection polls it again only once a batch has been
+/// written.
 ///
 /// When the stream ends, the pump parks it (without the actor's stream, with its replay buffer
 /// and how it ended) in the registry: a client that lost the last items or the end with its
