@@ -28,10 +28,12 @@ impl CuttingProxy {
         let target = upstream.clone();
         let accept_loop = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
                 let upstream = *target.lock().unwrap();
                 let mut cut = watched.clone();
                 cut.borrow_and_update();
+                // Counted only once it listens for cuts: a cut made as soon as the count shows
+                // this connection must reach it.
+                counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(upstream).await else {
                         return;
