@@ -11,6 +11,8 @@
 
 use std::borrow::Cow;
 
+mod binary;
+
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -67,11 +69,71 @@ impl DecodeError {
 
 /// Encodes `envelope` as one frame in `encoding`.
 pub fn encode(envelope: &Envelope, encoding: Encoding) -> Result<Frame, EncodeError> {
-    let data = match encoding {
-        Encoding::Json => Bytes::from(serde_json::to_vec(&JsonFrame::from_envelope(envelope)?)?),
-        Encoding::Bincode => encode_bincode(&BinaryRef::from(envelope))?,
+    let data = match (encoding, envelope) {
+        (Encoding::Json, _) => {
+            Bytes::from(serde_json::to_vec(&JsonFrame::from_envelope(envelope)?)?)
+        }
+        (Encoding::Bincode, Envelope::Invocation(invocation)) => {
+            binary::encode_invocation(&InvocationRef::from(invocation))
+        }
+        (Encoding::Bincode, Envelope::Response(response)) => {
+            match binary::encode_response(response) {
+                Some(data) => data,
+                None => encode_bincode(&BinaryRef::from(envelope))?,
+            }
+        }
+        (Encoding::Bincode, Envelope::StreamData(item)) => binary::encode_stream_data(item),
+        (Encoding::Bincode, Envelope::StreamBatch(batch)) => binary::encode_stream_batch(batch),
+        (Encoding::Bincode, _) => encode_bincode(&BinaryRef::from(envelope))?,
     };
     Ok(Frame { encoding, data })
+}
+
+/// The parts of an `invocation` envelope, borrowed: what a client encodes for each call without
+/// first copying the actor id, method and metadata into an [`Invocation`].
+pub(crate) struct InvocationRef<'a> {
+    pub(crate) call_id: u64,
+    pub(crate) actor_id: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) args: &'a Payload,
+    pub(crate) metadata: &'a Metadata,
+}
+
+impl<'a> From<&'a Invocation> for InvocationRef<'a> {
+    fn from(invocation: &'a Invocation) -> Self {
+        InvocationRef {
+            call_id: invocation.call_id,
+            actor_id: &invocation.actor_id,
+            method: &invocation.method,
+            args: &invocation.args,
+            metadata: &invocation.metadata,
+        }
+    }
+}
+
+/// Encodes an `invocation` envelope from its parts, exactly as [`encode`] encodes the
+/// [`Invocation`] with those fields.
+pub(crate) fn encode_invocation(
+    invocation: &InvocationRef<'_>,
+    encoding: Encoding,
+) -> Result<Frame, EncodeError> {
+    match encoding {
+        Encoding::Bincode => Ok(Frame {
+            encoding,
+            data: binary::encode_invocation(invocation),
+        }),
+        // (JSON frames are for debugging: no need to spare the copies.)
+        Encoding::Json => {
+            let envelope = Envelope::Invocation(Invocation {
+                call_id: invocation.call_id,
+                actor_id: invocation.actor_id.to_owned(),
+                method: invocation.method.to_owned(),
+                args: invocation.args.clone(),
+                metadata: invocation.metadata.clone(),
+            });
+            encode(&envelope, encoding)
+        }
+    }
 }
 
 /// Encodes `envelope`; if that fails (a bug), an `internal` error response in its place (with the
@@ -96,8 +158,21 @@ pub fn encode_or_internal(envelope: &Envelope, encoding: Encoding) -> Frame {
     }
 }
 
-/// Decodes one frame.
+/// Decodes one frame. A binary `invocation` or successful `response` (what a server and a client
+/// read most of) is read by hand, its payload sharing the frame's bytes instead of a copy.
 pub fn decode(frame: &Frame) -> Result<Envelope, DecodeError> {
+    if frame.encoding == Encoding::Bincode {
+        let decoded = match frame.data.first() {
+            Some(&binary::INVOCATION) => {
+                binary::decode_invocation(&frame.data).map(Envelope::Invocation)
+            }
+            Some(&binary::RESPONSE) => binary::decode_response(&frame.data).map(Envelope::Response),
+            _ => None,
+        };
+        if let Some(envelope) = decoded {
+            return Ok(envelope);
+        }
+    }
     decode_bytes(&frame.data, frame.encoding)
 }
 
@@ -451,41 +526,6 @@ pub(crate) enum Incoming<'a> {
     Envelope(Envelope),
 }
 
-/// The variant indexes of `streamData` and `streamBatch` in binary envelopes.
-const BINARY_STREAM_DATA: u8 = 3;
-const BINARY_STREAM_BATCH: u8 = 9;
-
-/// The binary layout of a `streamData` after its variant index, borrowed from the frame.
-#[derive(Deserialize)]
-struct BinaryStreamData<'a> {
-    #[serde(borrow)]
-    stream_id: &'a str,
-    sequence_number: u64,
-    #[serde(borrow)]
-    data: (Encoding, &'a [u8]),
-    #[allow(dead_code)] // (read to check the layout; a client has no use for it)
-    timestamp: u64,
-}
-
-/// The binary layout of a `streamBatch` after its variant index, borrowed from the frame.
-#[derive(Deserialize)]
-struct BinaryStreamBatch<'a> {
-    #[serde(borrow)]
-    stream_id: &'a str,
-    first_sequence: u64,
-    #[serde(borrow)]
-    items: Vec<(Encoding, &'a [u8])>,
-    #[allow(dead_code)] // (as above)
-    timestamp: u64,
-}
-
-/// Reads `bytes` (all of them) as a `T` borrowing from them.
-fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
-    let decoded =
-        bincode::serde::borrow_decode_from_slice::<T, _>(bytes, crate::protocol::bincode_config());
-    whole_envelope(decoded, bytes, || None)
-}
-
 /// The value bincode read from `bytes`, if it read all of them; else the error, with the
 /// `callId` from `call_id`.
 fn whole_envelope<T>(
@@ -506,29 +546,14 @@ fn whole_envelope<T>(
 
 /// Decodes one frame as a client reads it (see [`Incoming`]).
 pub(crate) fn decode_incoming(frame: &Frame) -> Result<Incoming<'_>, DecodeError> {
-    let share = |(encoding, bytes): (Encoding, &[u8])| {
-        Payload::from_shared(encoding, frame.data.slice_ref(bytes))
-    };
-    if frame.encoding == Encoding::Bincode {
-        match frame.data.first() {
-            Some(&BINARY_STREAM_DATA) => {
-                let (_, item): (u8, BinaryStreamData) = decode_borrowed(&frame.data)?;
-                return Ok(Incoming::StreamItems {
-                    stream_id: Cow::Borrowed(item.stream_id),
-                    first_sequence: item.sequence_number,
-                    items: vec![share(item.data)],
-                });
-            }
-            Some(&BINARY_STREAM_BATCH) => {
-                let (_, batch): (u8, BinaryStreamBatch) = decode_borrowed(&frame.data)?;
-                return Ok(Incoming::StreamItems {
-                    stream_id: Cow::Borrowed(batch.stream_id),
-                    first_sequence: batch.first_sequence,
-                    items: batch.items.into_iter().map(share).collect(),
-                });
-            }
-            _ => {}
-        }
+    if frame.encoding == Encoding::Bincode
+        && let Some((stream_id, first_sequence, items)) = binary::decode_stream_items(&frame.data)
+    {
+        return Ok(Incoming::StreamItems {
+            stream_id: Cow::Borrowed(stream_id),
+            first_sequence,
+            items,
+        });
     }
     Ok(match decode(frame)? {
         Envelope::StreamData(item) => Incoming::StreamItems {

@@ -35,10 +35,10 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientConfig, Connection};
-use crate::codec::{self, Frame, Incoming};
+use crate::codec::{self, Frame, Incoming, InvocationRef};
 use crate::protocol::{
-    Cancel, Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response,
-    STREAM_BATCH_METADATA, STREAM_WINDOW_METADATA, StreamAck, StreamResume,
+    Cancel, Encoding, Envelope, ErrorCode, Payload, RemoteError, Response, STREAM_BATCH_METADATA,
+    STREAM_WINDOW_METADATA, StreamAck, StreamResume,
 };
 use crate::stream::{PayloadStream, StreamGap};
 use crate::transport::{FrameError, FrameIo};
@@ -138,6 +138,30 @@ enum Routed {
         feed: mpsc::Sender<StreamItem>,
         items: Vec<StreamItem>,
     },
+}
+
+/// Stream events waiting for room in their consumer's channel.
+struct Backlog {
+    feed: mpsc::Sender<StreamItem>,
+    items: Vec<StreamItem>,
+}
+
+impl Backlog {
+    fn one(feed: mpsc::Sender<StreamItem>, item: StreamItem) -> Self {
+        Backlog {
+            feed,
+            items: vec![item],
+        }
+    }
+
+    /// Sends the events, waiting for room (a consumer gone drops them).
+    async fn send(self) {
+        for item in self.items {
+            if self.feed.send(item).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// The open streams of one client, shared by its successive links.
@@ -358,7 +382,7 @@ impl<Io: FrameIo + 'static> Link<Io> {
     async fn route_arrived(&self, reader: &mut ReaderTurn<Io>, limit: usize) -> Result<(), ()> {
         for _ in 0..limit {
             match reader.next().now_or_never() {
-                Some(Some(Ok(frame))) => self.deliver(&frame).await,
+                Some(Some(Ok(frame))) => self.route(&frame).await,
                 Some(_) => {
                     self.broken.cancel();
                     return Err(());
@@ -373,7 +397,7 @@ impl<Io: FrameIo + 'static> Link<Io> {
     async fn read_one(&self, reader: &mut ReaderTurn<Io>) -> Result<(), ()> {
         match reader.next().await {
             Some(Ok(frame)) => {
-                self.deliver(&frame).await;
+                self.route(&frame).await;
                 Ok(())
             }
             Some(Err(error)) => {
@@ -385,6 +409,15 @@ impl<Io: FrameIo + 'static> Link<Io> {
                 self.broken.cancel();
                 Err(())
             }
+        }
+    }
+
+    /// Delivers `frame`, then waits (the client's backpressure) until what a stream consumer had
+    /// no room for is handed over. That wait is rare, so its future is boxed: the futures of the
+    /// calls reading the socket stay small.
+    async fn route(&self, frame: &Frame) {
+        if let Some(backlog) = self.deliver(frame) {
+            backlog.send().boxed().await;
         }
     }
 
@@ -495,28 +528,24 @@ impl<Io: FrameIo + 'static> Link<Io> {
         }
     }
 
-    /// Routes one frame from the server to whoever waits for it.
-    async fn deliver(&self, frame: &Frame) {
+    /// Routes one frame from the server to whoever waits for it; returns the stream events that
+    /// must wait for room in their consumer's channel.
+    fn deliver(&self, frame: &Frame) -> Option<Backlog> {
         let envelope = match codec::decode_incoming(frame) {
             Ok(Incoming::StreamItems {
                 stream_id,
                 first_sequence,
                 items,
             }) => {
-                // Waits while the consumer is behind: that is the client's backpressure.
-                if let Routed::Wait { feed, items } =
-                    self.streams.route(&stream_id, first_sequence, items)
-                {
-                    for item in items {
-                        let _ = feed.send(item).await;
-                    }
-                }
-                return;
+                return match self.streams.route(&stream_id, first_sequence, items) {
+                    Routed::Wait { feed, items } => Some(Backlog { feed, items }),
+                    Routed::Done => None,
+                };
             }
             Ok(Incoming::Envelope(envelope)) => envelope,
             Err(error) => {
                 tracing::warn!(%error, "malformed frame from the server");
-                return;
+                return None;
             }
         };
         match envelope {
@@ -526,12 +555,14 @@ impl<Io: FrameIo + 'static> Link<Io> {
             }) => {
                 if let Some(waiter) = self.take_waiter(call_id) {
                     let _ = waiter.reply.send(Answer::Value(outcome));
-                } else if let Some(feed) = self.streams.resume_refused(call_id) {
+                    None
+                } else {
                     // A stream the server could only restart, and the restart was refused.
+                    let feed = self.streams.resume_refused(call_id)?;
                     let error = outcome.err().unwrap_or_else(|| {
                         RemoteError::internal("a restarted stream was answered with a value")
                     });
-                    let _ = feed.send(StreamItem::Failed(error)).await;
+                    Some(Backlog::one(feed, StreamItem::Failed(error)))
                 }
             }
             Envelope::Response(Response {
@@ -541,6 +572,7 @@ impl<Io: FrameIo + 'static> Link<Io> {
                 if let Err(error) = outcome {
                     tracing::warn!(%error, "the server reported a connection error");
                 }
+                None
             }
             Envelope::StreamStart(start) => {
                 if let Some(waiter) = self.take_waiter(start.call_id) {
@@ -551,21 +583,24 @@ impl<Io: FrameIo + 'static> Link<Io> {
                         None => mpsc::channel(1).1,
                     };
                     let _ = waiter.reply.send(Answer::Stream(items, stream_id));
-                } else if let Some((feed, restarted)) =
-                    self.streams.restarted(start.call_id, start.stream_id)
-                {
-                    let _ = feed.send(restarted).await;
+                    None
+                } else {
+                    let (feed, restarted) =
+                        self.streams.restarted(start.call_id, start.stream_id)?;
+                    Some(Backlog::one(feed, restarted))
                 }
             }
-            Envelope::StreamEnd(end) => self.finish_stream(&end.stream_id, StreamItem::End).await,
+            Envelope::StreamEnd(end) => self.finish_stream(&end.stream_id, StreamItem::End),
             Envelope::StreamError(failure) => {
                 self.finish_stream(&failure.stream_id, StreamItem::Failed(failure.error))
-                    .await
             }
-            other => tracing::debug!(
-                kind = other.kind(),
-                "ignoring an envelope no client expects"
-            ),
+            other => {
+                tracing::debug!(
+                    kind = other.kind(),
+                    "ignoring an envelope no client expects"
+                );
+                None
+            }
         }
     }
 
@@ -575,10 +610,9 @@ impl<Io: FrameIo + 'static> Link<Io> {
             .and_then(|pending| pending.remove(&call_id))
     }
 
-    async fn finish_stream(&self, stream_id: &str, last: StreamItem) {
-        if let Some(feed) = self.streams.finish(stream_id) {
-            let _ = feed.send(last).await;
-        }
+    fn finish_stream(&self, stream_id: &str, last: StreamItem) -> Option<Backlog> {
+        let feed = self.streams.finish(stream_id)?;
+        Some(Backlog::one(feed, last))
     }
 
     /// Sends `cancel` for `call_id` from a task of its own (best effort; callable from `Drop`).
@@ -591,6 +625,29 @@ impl<Io: FrameIo + 'static> Link<Io> {
             runtime.spawn(async move {
                 let _ = self.send(frame).await;
             });
+        }
+    }
+}
+
+/// A call registered on a link and not answered yet. Dropped before it is `done` (the call timed
+/// out, or its caller stopped waiting), it forgets the call and, if it was sent, tells the server
+/// to stop it.
+struct CallInFlight<'a, Io: FrameIo + 'static> {
+    link: &'a Arc<Link<Io>>,
+    call_id: u64,
+    sent: bool,
+    done: bool,
+    encoding: Encoding,
+}
+
+impl<Io: FrameIo + 'static> Drop for CallInFlight<'_, Io> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.link.forget(self.call_id);
+        if self.sent {
+            self.link.clone().cancel(self.call_id, self.encoding);
         }
     }
 }
@@ -633,6 +690,20 @@ struct StreamConsumer<Io: FrameIo + 'static> {
 }
 
 impl<Io: FrameIo + 'static> StreamConsumer<Io> {
+    /// The next item received already, if taking it needs nothing else (no acknowledgement is
+    /// due): what most items of a flowing stream are, taken without a future.
+    fn take_received(&mut self) -> Option<Payload> {
+        if self.pending.len() == 0
+            || self.pending_sequence >= self.acked + (self.streams.window / 2).max(1)
+        {
+            return None;
+        }
+        let data = self.pending.next()?;
+        self.taken = self.pending_sequence;
+        self.pending_sequence += 1;
+        Some(data)
+    }
+
     async fn next(&mut self) -> Option<Result<Payload, RemoteError>> {
         if self.done {
             return None;
@@ -717,6 +788,50 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
                 },
             }
         }
+    }
+}
+
+/// What comes next from a consumer that had nothing ready: it is lent to this future meanwhile.
+type NextFromLink<Io> =
+    BoxFuture<'static, (Option<Result<Payload, RemoteError>>, StreamConsumer<Io>)>;
+
+/// A [`StreamConsumer`] as the caller's stream: items already received are handed out as they
+/// are; for the rest (reading the link, acknowledging, the end) the consumer is lent to a future.
+struct ConsumerStream<Io: FrameIo + 'static> {
+    /// `None` while lent to `waiting`.
+    consumer: Option<StreamConsumer<Io>>,
+    waiting: Option<NextFromLink<Io>>,
+}
+
+impl<Io: FrameIo + 'static> futures_util::Stream for ConsumerStream<Io> {
+    type Item = Result<Payload, RemoteError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(consumer) = this.consumer.as_mut()
+            && let Some(data) = consumer.take_received()
+        {
+            return std::task::Poll::Ready(Some(Ok(data)));
+        }
+        let waiting = match &mut this.waiting {
+            Some(waiting) => waiting,
+            None => {
+                let Some(mut consumer) = this.consumer.take() else {
+                    return std::task::Poll::Ready(None);
+                };
+                this.waiting.insert(Box::pin(async move {
+                    let item = consumer.next().await;
+                    (item, consumer)
+                }))
+            }
+        };
+        let (item, consumer) = std::task::ready!(waiting.as_mut().poll(cx));
+        this.waiting = None;
+        this.consumer = Some(consumer);
+        std::task::Poll::Ready(item)
     }
 }
 
@@ -806,6 +921,20 @@ impl<C: Connector> Multiplexed<C> {
         deadline: Instant,
         dead: Option<&Arc<Link<C::Io>>>,
     ) -> Result<Arc<Link<C::Io>>, RemoteError> {
+        if let LinkState::Up(link) = &*self.link.borrow()
+            && !dead.is_some_and(|dead| Arc::ptr_eq(link, dead))
+        {
+            return Ok(link.clone());
+        }
+        // Reconnecting (rare): its wait is boxed, so that every call's future stays small.
+        self.wait_for_link(deadline, dead).boxed().await
+    }
+
+    async fn wait_for_link(
+        &self,
+        deadline: Instant,
+        dead: Option<&Arc<Link<C::Io>>>,
+    ) -> Result<Arc<Link<C::Io>>, RemoteError> {
         let mut link = self.link.clone();
         loop {
             match &*link.borrow_and_update() {
@@ -847,21 +976,14 @@ impl<C: Connector> Multiplexed<C> {
         } else {
             self.config.outgoing_metadata()
         };
-        let stream = is_stream.then(|| {
-            Arc::new(StreamCall {
-                actor_id: actor_id.to_owned(),
-                method: method.to_owned(),
-                args: args.clone(),
-            })
-        });
-        let envelope = Envelope::Invocation(Invocation {
+        let invocation = InvocationRef {
             call_id,
-            actor_id: actor_id.to_owned(),
-            method: method.to_owned(),
-            args,
-            metadata,
-        });
-        let frame = codec::encode(&envelope, self.config.encoding)
+            actor_id,
+            method,
+            args: &args,
+            metadata: &metadata,
+        };
+        let frame = codec::encode_invocation(&invocation, self.config.encoding)
             .map_err(|error| RemoteError::bad_request(error.to_string()))?;
         if frame.data.len() > self.config.max_frame_size {
             return Err(RemoteError::new(
@@ -873,11 +995,36 @@ impl<C: Connector> Multiplexed<C> {
                 ),
             ));
         }
-        let _slot = match timeout_at(deadline, self.in_flight.acquire()).await {
-            Ok(Ok(slot)) => slot,
-            Ok(Err(_)) => return Err(self.lost()),
-            Err(_) => return Err(self.timed_out(actor_id, method)),
-        };
+        let stream = is_stream.then(|| {
+            Arc::new(StreamCall {
+                actor_id: actor_id.to_owned(),
+                method: method.to_owned(),
+                args,
+            })
+        });
+        // One timer for the whole call; if it fires first, dropping `send_and_wait` forgets the
+        // call (and tells the server, if the call was sent).
+        match timeout_at(
+            deadline,
+            self.send_and_wait(call_id, frame, stream, deadline),
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => Err(self.timed_out(actor_id, method)),
+        }
+    }
+
+    /// Sends the invocation `frame` of `call_id` on the live link (waiting for a slot in flight and,
+    /// while reconnecting, for the link until `deadline`) and waits for its answer.
+    async fn send_and_wait(
+        &self,
+        call_id: u64,
+        frame: Frame,
+        stream: Option<Arc<StreamCall>>,
+        deadline: Instant,
+    ) -> Result<(Arc<Link<C::Io>>, u64, Answer), RemoteError> {
+        let _slot = self.in_flight.acquire().await.map_err(|_| self.lost())?;
         let mut dead = None;
         let (link, turn) = loop {
             let link = self.link(deadline, dead.as_ref()).await?;
@@ -888,25 +1035,23 @@ impl<C: Connector> Multiplexed<C> {
             }
         };
         let answer = link.expect(call_id, stream).ok_or_else(|| self.lost())?;
-        match timeout_at(deadline, link.send(frame)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                link.forget(call_id);
-                return Err(self.lost());
-            }
-            Err(_) => {
-                link.forget(call_id);
-                return Err(self.timed_out(actor_id, method));
-            }
+        let mut call = CallInFlight {
+            link: &link,
+            call_id,
+            sent: false,
+            done: false,
+            encoding: self.config.encoding,
+        };
+        if link.send(frame).await.is_err() {
+            return Err(self.lost());
         }
-        match timeout_at(deadline, link.answer(answer, turn)).await {
-            Ok(Ok(answer)) => Ok((link, call_id, answer)),
-            Ok(Err(())) => Err(self.lost()),
-            Err(_) => {
-                link.forget(call_id);
-                self.send_cancel(&link, call_id);
-                Err(self.timed_out(actor_id, method))
-            }
+        call.sent = true;
+        let answer = link.answer(answer, turn).await;
+        // Answered, or the link is gone (and every caller waiting on it with it).
+        call.done = true;
+        match answer {
+            Ok(answer) => Ok((link.clone(), call_id, answer)),
+            Err(()) => Err(self.lost()),
         }
     }
 
@@ -943,13 +1088,11 @@ impl<C: Connector> Multiplexed<C> {
                     pending: Vec::new().into_iter(),
                     pending_sequence: 0,
                 };
-                Ok(
-                    futures_util::stream::unfold(consumer, |mut consumer| async move {
-                        let item = consumer.next().await?;
-                        Some((item, consumer))
-                    })
-                    .boxed(),
-                )
+                Ok(ConsumerStream {
+                    consumer: Some(consumer),
+                    waiting: None,
+                }
+                .boxed())
             }
             (_, _, Answer::Value(Err(error))) => Err(error),
             (_, _, Answer::Value(Ok(_))) => Err(RemoteError::internal(format!(

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures_util::future::{AbortHandle, Abortable, Aborted, BoxFuture};
 use futures_util::stream::{FuturesUnordered, SelectAll};
@@ -22,7 +23,8 @@ use crate::protocol::{
     StreamData, StreamEnd, StreamError, StreamResume, StreamStart,
 };
 use crate::server::streams::{
-    Handover, PUMP_BATCH, Producer, Pump, PumpBatch, StreamEvent, StreamOptions, StreamRegistry,
+    Handover, HandoverSender, PUMP_BATCH, Producer, Pump, PumpBatch, StreamEvent, StreamOptions,
+    StreamRegistry,
 };
 use crate::server::{Call, ConnectionInfo, ServerConfig};
 use crate::stream::Reply;
@@ -128,27 +130,9 @@ where
                 aborts.remove(&call_id);
                 let outcome: Result<Result<Reply, RemoteError>, Aborted> = outcome;
                 let Ok(outcome) = outcome else { continue }; // cancelled by the client
-                let sent = match outcome {
-                    Ok(Reply::Stream(items)) if draining => {
-                        drop(items);
-                        let error = shutting_down();
-                        send_response(&mut io, Some(call_id), Err(error), encoding, &config).await
-                    }
-                    Ok(Reply::Stream(_)) if open_streams.len() >= MAX_STREAMS_PER_CONNECTION => {
-                        send_response(&mut io, Some(call_id), Err(too_many_streams()), encoding, &config).await
-                    }
-                    Ok(Reply::Stream(items)) => {
-                        let stream_id = new_stream_id();
-                        let start = Envelope::StreamStart(StreamStart { call_id, stream_id: stream_id.to_string() });
-                        let producer = registry.open(stream_id.clone(), call_id, options, items, &handovers);
-                        streams.push(Pump::new(stream_id.clone(), call_id, encoding, producer, registry.clone()));
-                        open_streams.insert(call_id, OpenStream { stream_id, encoding });
-                        send_envelope(&mut io, &start, encoding).await
-                    }
-                    Ok(Reply::Value(result)) => send_response(&mut io, Some(call_id), Ok(result), encoding, &config).await,
-                    Err(error) => send_response(&mut io, Some(call_id), Err(error), encoding, &config).await,
-                };
-                if sent.is_err() {
+                let finished = (call_id, encoding, options, outcome);
+                let mut streams_of = OpenStreams { pumps: &mut streams, open: &mut open_streams, registry: &registry, handovers: &handovers };
+                if answer(&mut io, finished, draining, &mut streams_of, &config).await.is_err() {
                     break Ending::Closed;
                 }
             }
@@ -202,7 +186,12 @@ where
                             args: resume.args,
                             metadata: resume.metadata,
                         };
-                        start_call(&mut service, invocation, encoding, &connection, &mut aborts, &mut in_flight).await;
+                        if let Some(finished) = start_call(&mut service, invocation, encoding, &connection, &mut aborts, &mut in_flight).await {
+                            let mut streams_of = OpenStreams { pumps: &mut streams, open: &mut open_streams, registry: &registry, handovers: &handovers };
+                            if answer(&mut io, finished, draining, &mut streams_of, &config).await.is_err() {
+                                break Ending::Closed;
+                            }
+                        }
                     }
                 }
             }
@@ -263,7 +252,12 @@ where
                             }
                             continue;
                         }
-                        start_call(&mut service, invocation, frame.encoding, &connection, &mut aborts, &mut in_flight).await;
+                        if let Some(finished) = start_call(&mut service, invocation, frame.encoding, &connection, &mut aborts, &mut in_flight).await {
+                            let mut streams_of = OpenStreams { pumps: &mut streams, open: &mut open_streams, registry: &registry, handovers: &handovers };
+                            if answer(&mut io, finished, draining, &mut streams_of, &config).await.is_err() {
+                                break Ending::Closed;
+                            }
+                        }
                     }
                     Envelope::StreamAck(ack) => {
                         // (A stream that already ended, or is not here, needs no more acks.)
@@ -348,6 +342,67 @@ where
     ending
 }
 
+/// A connection's open streams, as answering a call that opens one needs them.
+struct OpenStreams<'a> {
+    pumps: &'a mut SelectAll<Pump>,
+    open: &'a mut HashMap<u64, OpenStream>,
+    registry: &'a Arc<StreamRegistry>,
+    handovers: &'a HandoverSender,
+}
+
+/// Sends the answer to a finished call: its value or error, or the start of the stream it
+/// opened (then pumped with the connection's other streams).
+async fn answer<Io: FrameIo>(
+    io: &mut Io,
+    (call_id, encoding, options, outcome): Finished,
+    draining: bool,
+    streams: &mut OpenStreams<'_>,
+    config: &ServerConfig,
+) -> Result<(), FrameError> {
+    match outcome {
+        Ok(Reply::Stream(items)) if draining => {
+            drop(items);
+            send_response(io, Some(call_id), Err(shutting_down()), encoding, config).await
+        }
+        Ok(Reply::Stream(_)) if streams.open.len() >= MAX_STREAMS_PER_CONNECTION => {
+            send_response(io, Some(call_id), Err(too_many_streams()), encoding, config).await
+        }
+        Ok(Reply::Stream(items)) => {
+            let stream_id = new_stream_id();
+            let start = Envelope::StreamStart(StreamStart {
+                call_id,
+                stream_id: stream_id.to_string(),
+            });
+            let producer = streams.registry.open(
+                stream_id.clone(),
+                call_id,
+                options,
+                items,
+                streams.handovers,
+            );
+            streams.pumps.push(Pump::new(
+                stream_id.clone(),
+                call_id,
+                encoding,
+                producer,
+                streams.registry.clone(),
+            ));
+            streams.open.insert(
+                call_id,
+                OpenStream {
+                    stream_id,
+                    encoding,
+                },
+            );
+            send_envelope(io, &start, encoding).await
+        }
+        Ok(Reply::Value(result)) => {
+            send_response(io, Some(call_id), Ok(result), encoding, config).await
+        }
+        Err(error) => send_response(io, Some(call_id), Err(error), encoding, config).await,
+    }
+}
+
 /// `bad_request` if a call or stream with `call_id` is still open on this connection.
 fn call_id_free(
     call_id: u64,
@@ -372,7 +427,9 @@ fn too_many_streams() -> RemoteError {
     ))
 }
 
-/// Starts a call through the service; its answer comes out of `in_flight`.
+/// Starts a call through the service. A call that completes when first polled (a method that
+/// does not wait: the usual case) is returned, to be answered at once; any other goes into
+/// `in_flight`, where its answer comes out.
 async fn start_call<S>(
     service: &mut S,
     invocation: Invocation,
@@ -380,17 +437,25 @@ async fn start_call<S>(
     connection: &Arc<ConnectionInfo>,
     aborts: &mut HashMap<u64, AbortHandle>,
     in_flight: &mut FuturesUnordered<InFlight>,
-) where
+) -> Option<Finished>
+where
     S: Service<Call, Response = Reply, Error = RemoteError> + Send,
     S::Future: Send + 'static,
 {
     let call_id = invocation.call_id;
     let options = StreamOptions::from_metadata(&invocation.metadata);
     let call = Call::new(invocation, connection.clone());
-    let future = match service.ready().await {
+    let mut future = match service.ready().await {
         Ok(service) => service.call(call).boxed(),
-        Err(error) => std::future::ready(Err(error)).boxed(),
+        Err(error) => return Some((call_id, encoding, options, Err(error))),
     };
+    // Polled here with the connection's own waker: if it is not done, the next poll (by
+    // `in_flight`) takes over the waking.
+    if let Poll::Ready(outcome) =
+        std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
+    {
+        return Some((call_id, encoding, options, outcome));
+    }
     let (abort, registration) = AbortHandle::new_pair();
     aborts.insert(call_id, abort);
     in_flight.push(
@@ -398,7 +463,12 @@ async fn start_call<S>(
             .map(move |outcome| (call_id, encoding, options, outcome))
             .boxed(),
     );
+    None
 }
+
+/// A call that finished: its `callId`, the encoding to answer in, the stream options it asked
+/// for (used if it opens a stream), and its outcome.
+type Finished = (u64, Encoding, StreamOptions, Result<Reply, RemoteError>);
 
 /// A call in flight: its `callId`, the encoding to answer in, the stream options it asked for
 /// (used if it opens a stream), and its outcome (`Err(Aborted)` when the client cancelled it).
