@@ -10,6 +10,7 @@
 //! that carries the `callId` whenever it could still be read, so the peer can be answered.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 mod binary;
 
@@ -82,8 +83,20 @@ pub fn encode(envelope: &Envelope, encoding: Encoding) -> Result<Frame, EncodeEr
                 None => encode_bincode(&BinaryRef::from(envelope))?,
             }
         }
-        (Encoding::Bincode, Envelope::StreamData(item)) => binary::encode_stream_data(item),
-        (Encoding::Bincode, Envelope::StreamBatch(batch)) => binary::encode_stream_batch(batch),
+        (Encoding::Bincode, Envelope::StreamData(item)) => binary::encode_stream_items(
+            &item.stream_id,
+            item.sequence_number,
+            std::slice::from_ref(&item.data),
+            item.timestamp,
+            false,
+        ),
+        (Encoding::Bincode, Envelope::StreamBatch(batch)) => binary::encode_stream_items(
+            &batch.stream_id,
+            batch.first_sequence,
+            &batch.items,
+            batch.timestamp,
+            true,
+        ),
         (Encoding::Bincode, _) => encode_bincode(&BinaryRef::from(envelope))?,
     };
     Ok(Frame { encoding, data })
@@ -134,6 +147,44 @@ pub(crate) fn encode_invocation(
             encode(&envelope, encoding)
         }
     }
+}
+
+/// The envelope of consecutive stream items numbered from `first_sequence`, sent at
+/// `timestamp`: a `streamData` for one item, else a `streamBatch`.
+pub(crate) fn encode_stream_items(
+    stream_id: &Arc<str>,
+    first_sequence: u64,
+    items: &[Payload],
+    timestamp: u64,
+    encoding: Encoding,
+) -> Frame {
+    if encoding == Encoding::Bincode {
+        return Frame {
+            encoding,
+            data: binary::encode_stream_items(
+                stream_id,
+                first_sequence,
+                items,
+                timestamp,
+                items.len() != 1,
+            ),
+        };
+    }
+    let envelope = match items {
+        [item] => Envelope::StreamData(StreamData {
+            stream_id: stream_id.clone(),
+            sequence_number: first_sequence,
+            data: item.clone(),
+            timestamp,
+        }),
+        _ => Envelope::StreamBatch(StreamBatch {
+            stream_id: stream_id.clone(),
+            first_sequence,
+            items: items.to_vec(),
+            timestamp,
+        }),
+    };
+    encode_or_internal(&envelope, encoding)
 }
 
 /// Encodes `envelope`; if that fails (a bug), an `internal` error response in its place (with the

@@ -694,7 +694,7 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
     /// due): what most items of a flowing stream are, taken without a future.
     fn take_received(&mut self) -> Option<Payload> {
         if self.pending.len() == 0
-            || self.pending_sequence >= self.acked + (self.streams.window / 2).max(1)
+            || self.pending_sequence >= self.acked + (self.streams.window / 4).max(1)
         {
             return None;
         }
@@ -712,7 +712,7 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
             if let Some(data) = self.pending.next() {
                 self.taken = self.pending_sequence;
                 self.pending_sequence += 1;
-                if self.taken >= self.acked + (self.streams.window / 2).max(1) {
+                if self.taken >= self.acked + (self.streams.window / 4).max(1) {
                     self.acknowledge().await;
                 }
                 return Some(Ok(data));

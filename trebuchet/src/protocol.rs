@@ -322,6 +322,55 @@ fn with_size_limit<D: LimitedDecoding>(len: usize, decoding: D) -> D::Output {
     }
 }
 
+/// Encodes many payloads (a stream's items) into shared chunks of memory: one allocation per
+/// chunk instead of one per payload, and copies that cost a reference count (the replay buffer
+/// keeps one of each item). A chunk is freed once no payload in it is left.
+pub(crate) struct PayloadArena {
+    chunk: bytes::BytesMut,
+}
+
+impl PayloadArena {
+    /// The size of a chunk.
+    const CHUNK: usize = 16 * 1024;
+    /// Below this much room left, the next payload starts a new chunk.
+    const MIN_ROOM: usize = 512;
+
+    pub(crate) fn new() -> Self {
+        PayloadArena {
+            chunk: bytes::BytesMut::new(),
+        }
+    }
+
+    /// Serializes `value` in `encoding` (like [`Payload::encode`]) into the current chunk.
+    pub(crate) fn encode<T: Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+        encoding: Encoding,
+    ) -> Result<Payload, PayloadError> {
+        use bytes::BufMut;
+        if self.chunk.capacity() < Self::MIN_ROOM {
+            self.chunk = bytes::BytesMut::with_capacity(Self::CHUNK);
+        }
+        let mut writer = (&mut self.chunk).writer();
+        let written = match encoding {
+            Encoding::Json => serde_json::to_writer(&mut writer, value).map_err(PayloadError::from),
+            Encoding::Bincode => {
+                bincode::serde::encode_into_std_write(value, &mut writer, bincode_config())
+                    .map(drop)
+                    .map_err(PayloadError::from)
+            }
+        };
+        if let Err(error) = written {
+            self.chunk.clear();
+            return Err(error);
+        }
+        Ok(Payload {
+            encoding,
+            bytes: self.chunk.split().freeze(),
+        })
+    }
+}
+
 impl Payload {
     /// Serializes `value` in `encoding`.
     pub fn encode<T: Serialize + ?Sized>(

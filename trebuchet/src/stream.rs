@@ -8,7 +8,7 @@ use futures_util::stream::{BoxStream, Stream, StreamExt};
 use serde::Serialize;
 
 use crate::actor::ActorError;
-use crate::protocol::{Encoding, Payload, RemoteError};
+use crate::protocol::{Encoding, Payload, PayloadArena, RemoteError};
 
 /// A stream of items from an actor: what a `#[stream]` method returns, to its caller as to the
 /// actor that makes it.
@@ -138,11 +138,12 @@ pub fn encode_stream<T: Serialize + Send + 'static, E: ActorError>(
     encoding: Encoding,
 ) -> Result<Reply, RemoteError> {
     let stream = outcome.map_err(|error| RemoteError::from_actor_error(&error, encoding))?;
+    let mut arena = PayloadArena::new();
     Ok(Reply::Stream(
         stream
             .map(move |item| {
                 item.and_then(|value| {
-                    Payload::encode(&value, encoding).map_err(|error| {
+                    arena.encode(&value, encoding).map_err(|error| {
                         RemoteError::internal(format!("cannot encode a stream item: {error}"))
                     })
                 })

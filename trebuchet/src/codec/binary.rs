@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 
-use crate::protocol::{Encoding, Invocation, Metadata, Payload, Response, StreamBatch, StreamData};
+use crate::protocol::{Encoding, Invocation, Metadata, Payload, Response};
 
 use super::InvocationRef;
 
@@ -137,39 +137,36 @@ pub(super) fn encode_response(response: &Response) -> Option<Bytes> {
     }))
 }
 
-/// The binary `streamData` envelope.
-pub(super) fn encode_stream_data(item: &StreamData) -> Bytes {
-    let size = 1
-        + bytes_size(item.stream_id.as_bytes())
-        + varint_size(item.sequence_number)
-        + payload_size(&item.data)
-        + varint_size(item.timestamp);
+/// The binary envelope of consecutive stream items numbered from `first_sequence`: a
+/// `streamBatch` if `batch`, else a `streamData` (of the one item).
+pub(super) fn encode_stream_items(
+    stream_id: &str,
+    first_sequence: u64,
+    items: &[Payload],
+    timestamp: u64,
+    batch: bool,
+) -> Bytes {
+    debug_assert!(batch || items.len() == 1, "a streamData carries one item");
+    let common = 1
+        + bytes_size(stream_id.as_bytes())
+        + varint_size(first_sequence)
+        + items.iter().map(payload_size).sum::<usize>()
+        + varint_size(timestamp);
+    let (variant, size) = match batch {
+        false => (STREAM_DATA, common),
+        true => (STREAM_BATCH, common + varint_size(items.len() as u64)),
+    };
     write_exact(size, |out| {
-        out.push(STREAM_DATA);
-        put_bytes(out, item.stream_id.as_bytes());
-        put_varint(out, item.sequence_number);
-        put_payload(out, &item.data);
-        put_varint(out, item.timestamp);
-    })
-}
-
-/// The binary `streamBatch` envelope.
-pub(super) fn encode_stream_batch(batch: &StreamBatch) -> Bytes {
-    let size = 1
-        + bytes_size(batch.stream_id.as_bytes())
-        + varint_size(batch.first_sequence)
-        + varint_size(batch.items.len() as u64)
-        + batch.items.iter().map(payload_size).sum::<usize>()
-        + varint_size(batch.timestamp);
-    write_exact(size, |out| {
-        out.push(STREAM_BATCH);
-        put_bytes(out, batch.stream_id.as_bytes());
-        put_varint(out, batch.first_sequence);
-        put_varint(out, batch.items.len() as u64);
-        for item in &batch.items {
+        out.push(variant);
+        put_bytes(out, stream_id.as_bytes());
+        put_varint(out, first_sequence);
+        if variant == STREAM_BATCH {
+            put_varint(out, items.len() as u64);
+        }
+        for item in items {
             put_payload(out, item);
         }
-        put_varint(out, batch.timestamp);
+        put_varint(out, timestamp);
     })
 }
 
@@ -330,7 +327,9 @@ mod tests {
 
     use super::*;
     use crate::codec::{BinaryRef, decode_binary};
-    use crate::protocol::{Envelope, ErrorCode, RemoteError, encode_bincode};
+    use crate::protocol::{
+        Envelope, ErrorCode, RemoteError, StreamBatch, StreamData, encode_bincode,
+    };
 
     fn payload() -> impl Strategy<Value = Payload> {
         (
@@ -395,7 +394,7 @@ mod tests {
             number(),
         )
             .prop_map(|(stream_id, first_sequence, mut items, timestamp)| {
-                if items.len() == 1 {
+                if items.len() == 1 && timestamp % 2 == 0 {
                     Envelope::StreamData(StreamData {
                         stream_id: stream_id.into(),
                         sequence_number: first_sequence,
@@ -415,8 +414,20 @@ mod tests {
 
     fn by_hand(envelope: &Envelope) -> Option<Bytes> {
         match envelope {
-            Envelope::StreamData(item) => Some(encode_stream_data(item)),
-            Envelope::StreamBatch(batch) => Some(encode_stream_batch(batch)),
+            Envelope::StreamData(item) => Some(encode_stream_items(
+                &item.stream_id,
+                item.sequence_number,
+                std::slice::from_ref(&item.data),
+                item.timestamp,
+                false,
+            )),
+            Envelope::StreamBatch(batch) => Some(encode_stream_items(
+                &batch.stream_id,
+                batch.first_sequence,
+                &batch.items,
+                batch.timestamp,
+                true,
+            )),
             Envelope::Invocation(invocation) => {
                 Some(encode_invocation(&InvocationRef::from(invocation)))
             }
@@ -429,7 +440,6 @@ mod tests {
         match bytes.first() {
             Some(&STREAM_DATA | &STREAM_BATCH) => {
                 let (stream_id, first_sequence, mut items) = decode_stream_items(bytes)?;
-                // (A one-item batch reads as the batch it is.)
                 Some(if bytes[0] == STREAM_DATA {
                     Envelope::StreamData(StreamData {
                         stream_id: stream_id.into(),

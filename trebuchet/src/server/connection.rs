@@ -17,14 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::codec::{self, Frame, encode_or_internal};
+use crate::codec::{self, encode_or_internal};
 use crate::protocol::{
-    Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response, StreamBatch,
-    StreamData, StreamEnd, StreamError, StreamResume, StreamStart,
+    Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response, StreamError,
+    StreamResume, StreamStart,
 };
 use crate::server::streams::{
-    Handover, HandoverSender, PUMP_BATCH, Producer, Pump, PumpBatch, StreamEvent, StreamOptions,
-    StreamRegistry,
+    Handover, HandoverSender, PUMP_BATCH, Producer, Pump, StreamOptions, StreamRegistry,
 };
 use crate::server::{Call, ConnectionInfo, ServerConfig};
 use crate::stream::Reply;
@@ -64,12 +63,6 @@ fn new_stream_id() -> Arc<str> {
         0x8000 | ((low >> 48) & 0x3fff),
         low & 0xffff_ffff_ffff
     ))
-}
-
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// How a connection ended.
@@ -307,15 +300,17 @@ where
             // batch has been written: a producer runs at most `PUMP_BATCH` items ahead of the
             // socket (backpressure).
             Some(first) = streams.next(), if !streams.is_empty() => {
-                // Write the events that were ready together, and those of other streams ready
+                // Write the frames that were ready together, and those of other streams ready
                 // too (up to a limit), then flush once: one write for many small items.
-                let timestamp = now_millis();
                 let mut next = Some(first);
                 let mut written = 0;
-                while let Some(batch) = next.take() {
-                    written += batch.events.len();
-                    for envelope in stream_envelopes(batch, timestamp, &mut open_streams) {
-                        if io.feed(envelope).await.is_err() {
+                while let Some(output) = next.take() {
+                    written += output.items;
+                    if output.ended {
+                        open_streams.remove(&output.call_id);
+                    }
+                    for frame in output.frames {
+                        if io.feed(frame).await.is_err() {
                             break 'serve Ending::Closed;
                         }
                     }
@@ -508,76 +503,6 @@ fn hand_over(
 
 /// How many stream items are written (at least) before a flush.
 const STREAM_WRITE_BATCH: usize = 4 * PUMP_BATCH;
-
-/// The frames of a pump's batch of events, sent at `timestamp`: runs of items as `streamBatch`
-/// envelopes if the client takes them, else each item in a `streamData`; an ended stream is no
-/// longer open.
-fn stream_envelopes(
-    batch: PumpBatch,
-    timestamp: u64,
-    open_streams: &mut HashMap<u64, OpenStream>,
-) -> Vec<Frame> {
-    let PumpBatch {
-        call_id,
-        stream_id,
-        encoding,
-        events,
-        items_per_envelope,
-    } = batch;
-    let mut frames = Vec::new();
-    // Items not yet in an envelope: consecutive (the pump numbers them), from `run_first`.
-    let (mut run, mut run_first): (Vec<Payload>, u64) = (Vec::new(), 0);
-    let flush_run = |run: &mut Vec<Payload>, first: u64, frames: &mut Vec<Frame>| {
-        let envelope = match run.len() {
-            0 => return,
-            1 => Envelope::StreamData(StreamData {
-                stream_id: stream_id.clone(),
-                sequence_number: first,
-                data: run.pop().expect("one item"),
-                timestamp,
-            }),
-            _ => Envelope::StreamBatch(StreamBatch {
-                stream_id: stream_id.clone(),
-                first_sequence: first,
-                items: std::mem::replace(run, Vec::with_capacity(items_per_envelope)),
-                timestamp,
-            }),
-        };
-        frames.push(encode_or_internal(&envelope, encoding));
-    };
-    for event in events {
-        let last = match event {
-            StreamEvent::Data {
-                sequence_number,
-                data,
-            } => {
-                if run.is_empty() {
-                    run_first = sequence_number;
-                }
-                run.push(data);
-                if run.len() >= items_per_envelope {
-                    flush_run(&mut run, run_first, &mut frames);
-                }
-                continue;
-            }
-            StreamEvent::Failed(error) => {
-                // (The pump has parked the ended stream in the registry, for replay.)
-                Envelope::StreamError(StreamError {
-                    stream_id: stream_id.to_string(),
-                    error,
-                })
-            }
-            StreamEvent::End => Envelope::StreamEnd(StreamEnd {
-                stream_id: stream_id.to_string(),
-            }),
-        };
-        flush_run(&mut run, run_first, &mut frames);
-        open_streams.remove(&call_id);
-        frames.push(encode_or_internal(&last, encoding));
-    }
-    flush_run(&mut run, run_first, &mut frames);
-    frames
-}
 
 async fn send_stream_error<Io: FrameIo>(
     io: &mut Io,

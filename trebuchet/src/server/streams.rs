@@ -20,8 +20,10 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::codec::{self, Frame};
 use crate::protocol::{
-    Encoding, Metadata, Payload, RemoteError, STREAM_BATCH_METADATA, STREAM_WINDOW_METADATA,
+    Encoding, Envelope, Metadata, Payload, RemoteError, STREAM_BATCH_METADATA,
+    STREAM_WINDOW_METADATA, StreamEnd, StreamError,
 };
 use crate::stream::PayloadStream;
 
@@ -104,7 +106,7 @@ impl StreamOptions {
 }
 
 /// What happens next on an open stream.
-pub(crate) enum StreamEvent {
+enum StreamEvent {
     Data { sequence_number: u64, data: Payload },
     Failed(RemoteError),
     End,
@@ -296,6 +298,10 @@ pub(crate) struct Pump {
     /// `None` once the stream ended, was cancelled or was handed over.
     producer: Option<Box<Producer>>,
     registry: Arc<StreamRegistry>,
+    /// Items not yet in an envelope (consecutive: the producer numbers them), from `run_first`;
+    /// kept between batches for its capacity.
+    run: Vec<Payload>,
+    run_first: u64,
 }
 
 impl Pump {
@@ -312,6 +318,8 @@ impl Pump {
             encoding,
             producer: Some(producer),
             registry,
+            run: Vec::new(),
+            run_first: 0,
         }
     }
 
@@ -386,55 +394,104 @@ impl Pump {
     }
 }
 
-/// The events of one stream that were ready together (at most [`PUMP_BATCH`]), to be written
-/// with one flush.
-pub(crate) struct PumpBatch {
+/// What a pump hands its connection at once: the frames of the events of one stream that were
+/// ready together (at most [`PUMP_BATCH`] items), to be written with one flush.
+pub(crate) struct PumpOutput {
     pub(crate) call_id: u64,
-    pub(crate) stream_id: Arc<str>,
-    pub(crate) encoding: Encoding,
-    pub(crate) events: Vec<StreamEvent>,
-    /// The most items the client takes per envelope.
-    pub(crate) items_per_envelope: usize,
+    pub(crate) frames: Vec<Frame>,
+    /// How many items the frames carry.
+    pub(crate) items: usize,
+    /// Whether the stream ended: its last frame is the `streamEnd` or `streamError`.
+    pub(crate) ended: bool,
 }
 
 /// The most events a pump hands over at once: how far a producer may run ahead of the socket.
 pub(crate) const PUMP_BATCH: usize = 64;
 
-impl Stream for Pump {
-    type Item = PumpBatch;
+impl Pump {
+    /// Puts the items collected in `self.run` into one envelope (`streamBatch`, or `streamData`
+    /// for one item or a client that takes no batches) at the end of `frames`.
+    fn flush_run(&mut self, frames: &mut Vec<Frame>, timestamp: u64) {
+        if self.run.is_empty() {
+            return;
+        }
+        frames.push(codec::encode_stream_items(
+            &self.stream_id,
+            self.run_first,
+            &self.run,
+            timestamp,
+            self.encoding,
+        ));
+        self.run.clear();
+    }
+}
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PumpBatch>> {
+impl Stream for Pump {
+    type Item = PumpOutput;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PumpOutput>> {
         let this = &mut *self;
         let now = Instant::now();
         let items_per_envelope = this.producer.as_ref().map_or(1, |producer| producer.batch);
-        let mut events = Vec::new();
-        while events.len() < PUMP_BATCH {
+        let mut output = PumpOutput {
+            call_id: this.call_id,
+            frames: Vec::new(),
+            items: 0,
+            ended: false,
+        };
+        let mut timestamp = None;
+        let mut timestamp = || *timestamp.get_or_insert_with(now_millis);
+        while output.items < PUMP_BATCH {
             match this.poll_event(cx, now) {
-                Poll::Ready(Some(event)) => {
-                    let last = !matches!(event, StreamEvent::Data { .. });
-                    events.push(event);
-                    if last {
-                        break;
+                Poll::Ready(Some(StreamEvent::Data {
+                    sequence_number,
+                    data,
+                })) => {
+                    if this.run.is_empty() {
+                        this.run_first = sequence_number;
+                    }
+                    this.run.push(data);
+                    output.items += 1;
+                    if this.run.len() >= items_per_envelope {
+                        this.flush_run(&mut output.frames, timestamp());
                     }
                 }
+                Poll::Ready(Some(last)) => {
+                    // (The pump has parked the ended stream in the registry, for replay.)
+                    this.flush_run(&mut output.frames, timestamp());
+                    let last = match last {
+                        StreamEvent::Failed(error) => Envelope::StreamError(StreamError {
+                            stream_id: this.stream_id.to_string(),
+                            error,
+                        }),
+                        _ => Envelope::StreamEnd(StreamEnd {
+                            stream_id: this.stream_id.to_string(),
+                        }),
+                    };
+                    output
+                        .frames
+                        .push(codec::encode_or_internal(&last, this.encoding));
+                    output.ended = true;
+                    break;
+                }
                 // Ended (the end was in an earlier batch), or nothing more ready for now.
-                Poll::Ready(None) | Poll::Pending if !events.is_empty() => break,
+                Poll::Ready(None) | Poll::Pending if output.items > 0 => break,
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
         }
-        Poll::Ready(Some(PumpBatch {
-            call_id: this.call_id,
-            stream_id: this.stream_id.clone(),
-            encoding: this.encoding,
-            events,
-            items_per_envelope,
-        }))
+        this.flush_run(&mut output.frames, timestamp());
+        Poll::Ready(Some(output))
     }
 }
 
-/// A request to a connection to hand one of its streams over to another (which a client resumed
-/// it on).
+/// Milliseconds since the Unix epoch: the timestamp of stream items.
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
 pub(crate) struct Handover {
     pub(crate) stream_id: Arc<str>,
     pub(crate) reply: oneshot::Sender<Box<Producer>>,
@@ -693,7 +750,7 @@ mod tests {
         let registry = StreamRegistry::new(ReplayConfig::default());
         let producer = producer(100, ReplayConfig::default());
         let pump = Pump::new(Arc::from("b"), 1, Encoding::Json, producer, registry);
-        let sizes: Vec<usize> = pump.map(|batch| batch.events.len()).collect().await;
+        let sizes: Vec<usize> = pump.map(|output| output.items).collect().await;
         // 100 items and the end.
         assert_eq!(sizes, vec![PUMP_BATCH, 101 - PUMP_BATCH]);
     }
@@ -758,11 +815,11 @@ mod tests {
         };
         let producer = Box::new(Producer::new(items, 1, options, registry.config.clone()));
         let mut pump = Pump::new(Arc::from("w"), 1, Encoding::Json, producer, registry);
-        assert_eq!(pump.next().await.unwrap().events.len(), 4);
+        assert_eq!(pump.next().await.unwrap().items, 4);
         let waiting = tokio::time::timeout(Duration::from_millis(50), pump.next()).await;
         assert!(waiting.is_err(), "a fifth item went out without an ack");
         pump.acknowledge(2);
-        assert_eq!(pump.next().await.unwrap().events.len(), 2);
+        assert_eq!(pump.next().await.unwrap().items, 2);
         let waiting = tokio::time::timeout(Duration::from_millis(50), pump.next()).await;
         assert!(waiting.is_err());
     }
@@ -786,14 +843,14 @@ mod tests {
         let producer = Box::new(Producer::new(items, 1, options, Arc::new(config)));
         let mut pump = Pump::new(Arc::from("w"), 1, Encoding::Json, producer, registry);
         // 3 × 40 ≥ 100: the third item fills it.
-        assert_eq!(pump.next().await.unwrap().events.len(), 3);
+        assert_eq!(pump.next().await.unwrap().items, 3);
         let waiting = tokio::time::timeout(Duration::from_millis(50), pump.next()).await;
         assert!(
             waiting.is_err(),
             "more than the replay buffer keeps went out unacknowledged"
         );
         pump.acknowledge(2);
-        assert_eq!(pump.next().await.unwrap().events.len(), 2);
+        assert_eq!(pump.next().await.unwrap().items, 2);
         let mut producer = pump.take_producer().unwrap();
         assert!(
             producer.resume_after(2),
