@@ -89,32 +89,43 @@ fn tcp_rpc(c: &mut Criterion) {
     });
     group.finish();
 
-    // The ratio to compare with the target (see benches/support).
+    // The ratios to compare with the target (see benches/support): of batch means, and of the
+    // per-call p50 (every call of the batches timed on its own).
     let mut stream = raw.take().unwrap();
-    let (ours, reference) = rt
+    let (ours, reference, ours_calls, reference_calls) = rt
         .block_on(rt.spawn(async move {
             let data = support::payload();
             let mut message = vec![7u8; size];
             let (mut ours, mut reference) = (Vec::new(), Vec::new());
+            let (mut ours_calls, mut reference_calls) = (Vec::new(), Vec::new());
             for _ in 0..40 {
                 let start = Instant::now();
                 for _ in 0..250 {
+                    let call = Instant::now();
                     black_box(echo.echo(data.clone()).await.unwrap());
+                    ours_calls.push(call.elapsed());
                 }
                 ours.push(start.elapsed() / 250);
                 let start = Instant::now();
                 for _ in 0..250 {
+                    let call = Instant::now();
                     raw_round_trip(&mut stream, &mut message).await;
+                    reference_calls.push(call.elapsed());
                 }
                 reference.push(start.elapsed() / 250);
             }
-            (ours, reference)
+            (ours, reference, ours_calls, reference_calls)
         }))
         .unwrap();
     support::report_ratio(
         "tcp_rpc",
         ("trebuchet_tcp_call", ours),
         ("raw_tcp_echo", reference),
+    );
+    support::report_percentiles(
+        "tcp_rpc",
+        ("trebuchet_tcp_call", ours_calls),
+        ("raw_tcp_echo", reference_calls),
     );
 }
 

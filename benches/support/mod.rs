@@ -88,6 +88,25 @@ pub fn report_ratio(
     );
 }
 
+/// Prints the per-call p50 and p99 of both sides (every call of the paired batches timed on its
+/// own) and the ratio of the p50s: the sequential RPC benches' figure to compare with a target.
+pub fn report_percentiles(
+    label: &str,
+    (ours_name, mut ours): (&str, Vec<Duration>),
+    (reference_name, mut reference): (&str, Vec<Duration>),
+) {
+    ours.sort();
+    reference.sort();
+    let at = |values: &[Duration], quantile: f64| values[(values.len() as f64 * quantile) as usize];
+    let (a, b) = (at(&ours, 0.5), at(&reference, 0.5));
+    println!(
+        "{label} (per call): {ours_name} p50 {a:.2?} p99 {:.2?} / {reference_name} p50 {b:.2?} p99 {:.2?} = p50 ratio {:.2}",
+        at(&ours, 0.99),
+        at(&reference, 0.99),
+        a.as_secs_f64() / b.as_secs_f64()
+    );
+}
+
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]

@@ -136,10 +136,34 @@ struct ActorCell<A> {
 
 /// Runs one call on an actor cell (erases the actor type behind its protocol).
 trait RunCall<P: ActorProtocol>: Send + Sync + 'static {
+    /// The call's typed response (an in-process call).
     fn run(
         self: Arc<Self>,
         request: P::Request,
     ) -> RunToCompletion<Result<P::Response, RemoteError>>;
+
+    /// The call's response encoded in `encoding` (a call from the network), in the same one
+    /// allocation.
+    fn run_encoded(
+        self: Arc<Self>,
+        request: P::Request,
+        encoding: Encoding,
+    ) -> RunToCompletion<Result<Reply, RemoteError>>;
+}
+
+impl<A: Send + Sync + 'static> ActorCell<A> {
+    /// Waits for the actor's turn and runs `request` (a panic becomes an `internal` error).
+    async fn call<P: Dispatch<A>>(&self, request: P::Request) -> Result<P::Response, RemoteError> {
+        let _turn = self.turn.acquire().await.map_err(|_| stopped::<P>())?;
+        AssertUnwindSafe(P::handle(&self.actor, request))
+            .catch_unwind()
+            .await
+            .map_err(|panic| {
+                let what = panic_message(&panic);
+                tracing::error!(actor = P::TRAIT_NAME, panic = %what, "actor method panicked");
+                RemoteError::internal(format!("the actor method panicked: {what}"))
+            })
+    }
 }
 
 impl<P, A> RunCall<P> for ActorCell<A>
@@ -151,16 +175,16 @@ where
         self: Arc<Self>,
         request: P::Request,
     ) -> RunToCompletion<Result<P::Response, RemoteError>> {
+        RunToCompletion::new(Box::pin(async move { self.call::<P>(request).await }))
+    }
+
+    fn run_encoded(
+        self: Arc<Self>,
+        request: P::Request,
+        encoding: Encoding,
+    ) -> RunToCompletion<Result<Reply, RemoteError>> {
         RunToCompletion::new(Box::pin(async move {
-            let _turn = self.turn.acquire().await.map_err(|_| stopped::<P>())?;
-            AssertUnwindSafe(P::handle(&self.actor, request))
-                .catch_unwind()
-                .await
-                .map_err(|panic| {
-                    let what = panic_message(&panic);
-                    tracing::error!(actor = P::TRAIT_NAME, panic = %what, "actor method panicked");
-                    RemoteError::internal(format!("the actor method panicked: {what}"))
-                })
+            P::encode_response(self.call::<P>(request).await?, encoding)
         }))
     }
 }
@@ -193,13 +217,22 @@ impl<P: ActorProtocol> LocalActor<P> {
 /// While nobody else holds the actor's turn, the call runs on the caller's own task, with no
 /// hand-off to another task: that is what makes an in-process call cost less than a mailbox
 /// round trip, and a network call cost little more than the network.
-pub(crate) struct RunToCompletion<T: Send + 'static> {
+///
+/// It is also the future of [`crate::ActorService`]'s calls.
+pub struct RunToCompletion<T: Send + 'static> {
     call: Option<BoxFuture<'static, T>>,
 }
 
 impl<T: Send + 'static> RunToCompletion<T> {
     fn new(call: BoxFuture<'static, T>) -> Self {
         RunToCompletion { call: Some(call) }
+    }
+}
+
+impl<T: Send + 'static> RunToCompletion<Result<T, RemoteError>> {
+    /// A call refused before it reached an actor (an unknown actor or method, bad arguments).
+    pub(crate) fn failed(error: RemoteError) -> Self {
+        RunToCompletion::new(Box::pin(std::future::ready(Err(error))))
     }
 }
 
@@ -248,7 +281,7 @@ pub(crate) trait ServedActor: Send + Sync + 'static {
         actor_id: &str,
         method: &str,
         args: &Payload,
-    ) -> BoxFuture<'static, Result<Reply, RemoteError>>;
+    ) -> RunToCompletion<Result<Reply, RemoteError>>;
 
     /// The typed handle (a [`LocalActor`]), for in-process calls.
     fn as_any(&self) -> &dyn Any;
@@ -260,17 +293,12 @@ impl<P: ActorProtocol> ServedActor for LocalActor<P> {
         actor_id: &str,
         method: &str,
         args: &Payload,
-    ) -> BoxFuture<'static, Result<Reply, RemoteError>> {
+    ) -> RunToCompletion<Result<Reply, RemoteError>> {
         let encoding = args.encoding();
-        let request = match P::decode_request(method, args) {
-            Ok(request) => request,
-            Err(error) => {
-                let error = request_error(actor_id, method, error);
-                return Box::pin(std::future::ready(Err(error)));
-            }
-        };
-        let call = self.cell.clone().run(request);
-        Box::pin(async move { P::encode_response(call.await?, encoding) })
+        match P::decode_request(method, args) {
+            Ok(request) => self.cell.clone().run_encoded(request, encoding),
+            Err(error) => RunToCompletion::failed(request_error(actor_id, method, error)),
+        }
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -37,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{ClientConfig, Connection};
 use crate::codec::{self, Frame, Incoming, InvocationRef};
 use crate::protocol::{
-    Cancel, Encoding, Envelope, ErrorCode, Payload, RemoteError, Response, STREAM_BATCH_METADATA,
-    STREAM_WINDOW_METADATA, StreamAck, StreamResume,
+    CallIdMap, Cancel, Encoding, Envelope, ErrorCode, Payload, RemoteError, Response,
+    STREAM_BATCH_METADATA, STREAM_WINDOW_METADATA, StreamAck, StreamResume,
 };
 use crate::stream::{PayloadStream, StreamGap};
 use crate::transport::{FrameError, FrameIo};
@@ -99,7 +99,7 @@ struct Waiter {
 }
 
 /// Callers waiting for answers on one link; `None` once the link is gone.
-type Pending = Mutex<Option<HashMap<u64, Waiter>>>;
+type Pending = Mutex<Option<CallIdMap<Waiter>>>;
 
 /// The call that opened a stream: what a `streamResume` repeats.
 struct StreamCall {
@@ -123,10 +123,10 @@ struct StreamRoute {
 #[derive(Default)]
 struct StreamRoutes {
     /// By the `callId` of the call that opened the stream (it stays the stream's key).
-    routes: HashMap<u64, StreamRoute>,
+    routes: CallIdMap<StreamRoute>,
     by_stream_id: HashMap<String, u64>,
     /// `callId` of a `streamResume` sent on the current connection → the stream's key.
-    resuming: HashMap<u64, u64>,
+    resuming: CallIdMap<u64>,
 }
 
 /// What routing a `streamData` comes to.
@@ -361,7 +361,7 @@ impl<Io: FrameIo + 'static> Link<Io> {
             outbox: Mutex::default(),
             writer: tokio::sync::Mutex::new(writer),
             reader: Arc::new(tokio::sync::Mutex::new(reader)),
-            pending: Mutex::new(Some(HashMap::new())),
+            pending: Mutex::new(Some(CallIdMap::default())),
             streams,
             broken: CancellationToken::new(),
         })

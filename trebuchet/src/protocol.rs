@@ -16,6 +16,33 @@ use serde_json::value::RawValue;
 /// The protocol version this crate speaks (sent in the TCP handshake, documented in PROTOCOL.md).
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// A map keyed by `callId`, hashed with one multiplication (maps keyed by call ids are looked
+/// up on every call). A server's maps of them are per connection and bounded by the calls in
+/// flight, so a client choosing colliding ids only slows its own connection.
+pub(crate) type CallIdMap<V> =
+    std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<CallIdHasher>>;
+
+/// The hasher of [`CallIdMap`]: Fibonacci hashing of one `u64`.
+#[derive(Default)]
+pub(crate) struct CallIdHasher(u64);
+
+impl std::hash::Hasher for CallIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `u64` keys; kept correct for any other.
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0 ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Free string map carried with an invocation to the server-side middleware
 /// (for example `authorization` and `traceparent`).
 pub type Metadata = BTreeMap<String, String>;

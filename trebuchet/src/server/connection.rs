@@ -6,7 +6,6 @@
 //! cannot be decoded is answered with `bad_request` and the connection stays usable; a frame over
 //! the size limit is answered with `payload_too_large` and the connection is closed.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -19,11 +18,12 @@ use tower_service::Service;
 
 use crate::codec::{self, encode_or_internal};
 use crate::protocol::{
-    Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response, StreamError,
-    StreamResume, StreamStart,
+    CallIdMap, Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response,
+    StreamError, StreamResume, StreamStart,
 };
 use crate::server::streams::{
-    Handover, HandoverSender, PUMP_BATCH, Producer, Pump, StreamOptions, StreamRegistry,
+    ConnectionSignal, Handover, HandoverSender, PUMP_BATCH, Producer, Pump, StreamOptions,
+    StreamRegistry,
 };
 use crate::server::{Call, ConnectionInfo, ServerConfig};
 use crate::stream::Reply;
@@ -98,19 +98,28 @@ where
     S::Future: Send + 'static,
 {
     let mut in_flight = FuturesUnordered::new();
-    let mut aborts: HashMap<u64, AbortHandle> = HashMap::new();
+    let mut aborts: CallIdMap<AbortHandle> = CallIdMap::default();
     let mut streams: SelectAll<Pump> = SelectAll::new();
-    let mut open_streams: HashMap<u64, OpenStream> = HashMap::new();
+    let mut open_streams: CallIdMap<OpenStream> = CallIdMap::default();
     let mut resumptions: FuturesUnordered<Resumption> = FuturesUnordered::new();
-    let (handovers, mut handover_requests) = tokio::sync::mpsc::unbounded_channel::<Handover>();
+    let (handovers, mut signals) = tokio::sync::mpsc::unbounded_channel::<ConnectionSignal>();
+    // The shutdown comes as a signal too, from a task of its own (it ends with the connection).
+    {
+        let (sender, shutdown) = (handovers.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = sender.send(ConnectionSignal::Shutdown);
+                }
+                _ = sender.closed() => {}
+            }
+        });
+    }
     // Errors about frames that say nothing of their encoding are sent in the last one seen
     // (before any, in the transport's own).
     let mut reply_encoding = first_encoding;
     let grace = tokio::time::sleep(config.shutdown_grace);
     tokio::pin!(grace);
-    // Made once: a new one per turn of the loop would register with the token every time.
-    let shutdown_signal = shutdown.cancelled();
-    tokio::pin!(shutdown_signal);
     let mut draining = false;
 
     let ending = 'serve: loop {
@@ -129,10 +138,26 @@ where
                     break Ending::Closed;
                 }
             }
-            Some(request) = handover_requests.recv() => {
+            Some(signal) = signals.recv() => match signal {
                 // A client resumed one of our streams on another connection: it has left this one.
-                hand_over(request, &mut streams, &mut open_streams);
-            }
+                ConnectionSignal::Handover(request) => hand_over(request, &mut streams, &mut open_streams),
+                ConnectionSignal::Shutdown if !draining => {
+                    draining = true;
+                    grace.as_mut().reset(tokio::time::Instant::now() + config.shutdown_grace);
+                    // Streams may never end by themselves: end them now, telling their clients why.
+                    for pump in streams.iter_mut() {
+                        drop(pump.take_producer());
+                    }
+                    for (_, open) in open_streams.drain() {
+                        registry.close(&open.stream_id);
+                        let error = shutting_down();
+                        if send_stream_error(&mut io, &open.stream_id, error, open.encoding).await.is_err() {
+                            break 'serve Ending::Closed;
+                        }
+                    }
+                }
+                ConnectionSignal::Shutdown => {}
+            },
             Some((resume, encoding, producer)) = resumptions.next(), if !resumptions.is_empty() => {
                 let call_id = resume.call_id.or(producer.as_ref().map(|producer| producer.original_call_id)).unwrap_or(0);
                 if let Err(error) = call_id_free(call_id, &aborts, &open_streams) {
@@ -185,21 +210,6 @@ where
                                 break Ending::Closed;
                             }
                         }
-                    }
-                }
-            }
-            _ = &mut shutdown_signal, if !draining => {
-                draining = true;
-                grace.as_mut().reset(tokio::time::Instant::now() + config.shutdown_grace);
-                // Streams may never end by themselves: end them now, telling their clients why.
-                for pump in streams.iter_mut() {
-                    drop(pump.take_producer());
-                }
-                for (_, open) in open_streams.drain() {
-                    registry.close(&open.stream_id);
-                    let error = shutting_down();
-                    if send_stream_error(&mut io, &open.stream_id, error, open.encoding).await.is_err() {
-                        break 'serve Ending::Closed;
                     }
                 }
             }
@@ -332,7 +342,7 @@ where
     }
     // A resume that asked this connection for a stream meanwhile finds it parked: dropping its
     // request tells it to look again.
-    drop(handover_requests);
+    drop(signals);
     let _ = io.close().await;
     ending
 }
@@ -340,7 +350,7 @@ where
 /// A connection's open streams, as answering a call that opens one needs them.
 struct OpenStreams<'a> {
     pumps: &'a mut SelectAll<Pump>,
-    open: &'a mut HashMap<u64, OpenStream>,
+    open: &'a mut CallIdMap<OpenStream>,
     registry: &'a Arc<StreamRegistry>,
     handovers: &'a HandoverSender,
 }
@@ -401,10 +411,12 @@ async fn answer<Io: FrameIo>(
 /// `bad_request` if a call or stream with `call_id` is still open on this connection.
 fn call_id_free(
     call_id: u64,
-    aborts: &HashMap<u64, AbortHandle>,
-    open_streams: &HashMap<u64, OpenStream>,
+    aborts: &CallIdMap<AbortHandle>,
+    open_streams: &CallIdMap<OpenStream>,
 ) -> Result<(), RemoteError> {
-    if aborts.contains_key(&call_id) || open_streams.contains_key(&call_id) {
+    if (!aborts.is_empty() && aborts.contains_key(&call_id))
+        || (!open_streams.is_empty() && open_streams.contains_key(&call_id))
+    {
         return Err(RemoteError::bad_request(format!(
             "callId {call_id} is already in flight on this connection"
         )));
@@ -430,7 +442,7 @@ async fn start_call<S>(
     invocation: Invocation,
     encoding: Encoding,
     connection: &Arc<ConnectionInfo>,
-    aborts: &mut HashMap<u64, AbortHandle>,
+    aborts: &mut CallIdMap<AbortHandle>,
     in_flight: &mut FuturesUnordered<InFlight>,
 ) -> Option<Finished>
 where
@@ -481,7 +493,7 @@ type InFlight = BoxFuture<
 fn hand_over(
     request: Handover,
     streams: &mut SelectAll<Pump>,
-    open_streams: &mut HashMap<u64, OpenStream>,
+    open_streams: &mut CallIdMap<OpenStream>,
 ) {
     let Some(pump) = streams
         .iter_mut()

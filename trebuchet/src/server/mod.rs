@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
+use crate::actor::RunToCompletion;
 use crate::protocol::{ErrorCode, Invocation, RemoteError};
 use crate::stream::Reply;
 use crate::system::ActorSystem;
@@ -151,7 +151,7 @@ impl ActorService {
 impl Service<Call> for ActorService {
     type Response = Reply;
     type Error = RemoteError;
-    type Future = BoxFuture<'static, Result<Reply, RemoteError>>;
+    type Future = RunToCompletion<Result<Reply, RemoteError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), RemoteError>> {
         Poll::Ready(Ok(()))
@@ -168,7 +168,7 @@ impl Service<Call> for ActorService {
                     ErrorCode::UnknownActor,
                     format!("no actor is exposed as '{}'", invocation.actor_id),
                 );
-                Box::pin(std::future::ready(Err(error)))
+                RunToCompletion::failed(error)
             }
         }
     }

@@ -497,8 +497,17 @@ pub(crate) struct Handover {
     pub(crate) reply: oneshot::Sender<Box<Producer>>,
 }
 
-/// Where a connection receives [`Handover`] requests.
-pub(crate) type HandoverSender = mpsc::UnboundedSender<Handover>;
+/// What a connection's loop is told from outside: few and far between, so they share one
+/// channel (one thing to poll each time the loop wakes).
+pub(crate) enum ConnectionSignal {
+    /// Another connection resumes one of this connection's streams.
+    Handover(Handover),
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// Where a connection receives [`ConnectionSignal`]s (the registry sends [`Handover`]s).
+pub(crate) type HandoverSender = mpsc::UnboundedSender<ConnectionSignal>;
 
 enum Slot {
     /// Pumped by a connection, which hands it over on request.
@@ -689,7 +698,7 @@ impl StreamRegistry {
                 stream_id: Arc::from(stream_id),
                 reply,
             };
-            if owner.send(request).is_err() {
+            if owner.send(ConnectionSignal::Handover(request)).is_err() {
                 tokio::task::yield_now().await;
                 continue;
             }
@@ -913,7 +922,9 @@ mod tests {
             &handovers,
         );
         let owner = tokio::spawn(async move {
-            let request: Handover = requests.recv().await.unwrap();
+            let Some(ConnectionSignal::Handover(request)) = requests.recv().await else {
+                panic!("expected a handover request");
+            };
             assert_eq!(&*request.stream_id, "c");
             let _ = request.reply.send(producer);
         });
