@@ -759,9 +759,18 @@ mod tests {
         let registry = StreamRegistry::new(ReplayConfig::default());
         let producer = producer(100, ReplayConfig::default());
         let pump = Pump::new(Arc::from("b"), 1, Encoding::Json, producer, registry);
-        let sizes: Vec<usize> = pump.map(|output| output.items).collect().await;
-        // 100 items and the end.
-        assert_eq!(sizes, vec![PUMP_BATCH, 101 - PUMP_BATCH]);
+        let outputs: Vec<(usize, usize, bool)> = pump
+            .map(|output| (output.items, output.frames.len(), output.ended))
+            .collect()
+            .await;
+        // 100 items, one item per envelope (no batches asked for), then the end.
+        assert_eq!(
+            outputs,
+            vec![
+                (PUMP_BATCH, PUMP_BATCH, false),
+                (100 - PUMP_BATCH, 100 - PUMP_BATCH + 1, true)
+            ]
+        );
     }
 
     #[tokio::test]
