@@ -10,42 +10,22 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::StreamExt;
-use serde_bytes::ByteBuf;
 
 #[path = "support/mod.rs"]
 mod support;
+use support::{PAYLOAD, Source, SourceActor, SourceClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use trebuchet::codec;
 use trebuchet::protocol::{Envelope, StreamData};
-use trebuchet::{
-    ActorStream, ActorSystem, Encoding, Payload, RemoteError, Transport, distributed_actor,
-};
-
-const ITEM: usize = 64;
-
-#[distributed_actor]
-pub trait Source {
-    #[stream]
-    async fn items(&self, count: u64) -> Result<ActorStream<ByteBuf>, RemoteError>;
-}
-
-struct SourceActor;
-
-impl Source for SourceActor {
-    async fn items(&self, count: u64) -> Result<ActorStream<ByteBuf>, RemoteError> {
-        Ok(ActorStream::new(
-            futures_util::stream::repeat(ByteBuf::from(vec![7u8; ITEM])).take(count as usize),
-        ))
-    }
-}
+use trebuchet::{ActorSystem, Encoding, Payload, Transport};
 
 /// The size of one `streamData` frame, length prefix included.
 fn frame_size() -> usize {
     let envelope = Envelope::StreamData(StreamData {
         stream_id: "5f0c8d8e-0e4c-4b7a-9d1e-2f3a4b5c6d7e".into(),
         sequence_number: 1000,
-        data: Payload::encode(&ByteBuf::from(vec![7u8; ITEM]), Encoding::Bincode).unwrap(),
+        data: Payload::encode(&support::payload(), Encoding::Bincode).unwrap(),
         timestamp: 1_732_370_000_123,
     });
     4 + codec::encode(&envelope, Encoding::Bincode)
@@ -112,7 +92,7 @@ fn stream_throughput(c: &mut Criterion) {
         let source: SourceClient = client.actor("source");
         (source, raw_frame_server(size).await, server)
     });
-    println!("stream_throughput: {ITEM}-byte items; {size} bytes per frame on both sides");
+    println!("stream_throughput: {PAYLOAD}-byte items; {size} bytes per frame on both sides");
     let mut raw = Some(rt.block_on(async move {
         let stream = TcpStream::connect(raw_address).await.unwrap();
         stream.set_nodelay(true).unwrap();

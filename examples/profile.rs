@@ -23,36 +23,13 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use serde_bytes::ByteBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use trebuchet::{
-    ActorService, ActorStream, ActorSystem, ClientConfig, RemoteError, ServerConfig, Transport,
-    distributed_actor,
-};
+use trebuchet::{ActorService, ActorSystem, ClientConfig, ServerConfig, Transport};
 
 #[path = "../benches/support/mod.rs"]
 mod support;
-use support::Echo;
-
-/// The stream of the `stream` workload.
-#[distributed_actor]
-pub trait Source {
-    /// `count` items of 64 bytes.
-    #[stream]
-    async fn items(&self, count: u64) -> Result<ActorStream<ByteBuf>, RemoteError>;
-}
-
-struct SourceActor;
-
-impl Source for SourceActor {
-    async fn items(&self, count: u64) -> Result<ActorStream<ByteBuf>, RemoteError> {
-        let item = ByteBuf::from(vec![7u8; 64]);
-        Ok(ActorStream::new(
-            futures_util::stream::repeat(item).take(count as usize),
-        ))
-    }
-}
+use support::{Echo, Source, SourceActor, SourceClient};
 
 /// The system allocator, counting allocations.
 struct Counting;

@@ -5,18 +5,19 @@
 //! (its own loop, so neither side pays for the harness); the ratio of the medians of the batch
 //! means is the figure to compare with a target.
 //!
-//! Also the echo actor the RPC benches call.
+//! Also the echo actor the RPC benches call, and the stream the stream benches read.
 #![allow(dead_code)]
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 pub use serde_bytes::ByteBuf;
 use tokio::runtime::Runtime;
 use trebuchet::codec;
 use trebuchet::protocol::{Envelope, Invocation};
 use trebuchet::{
-    ActorSystem, ClientConfig, Encoding, Metadata, Payload, RemoteError, ServerHandle, Transport,
-    distributed_actor,
+    ActorStream, ActorSystem, ClientConfig, Encoding, Metadata, Payload, RemoteError, ServerHandle,
+    Transport, distributed_actor,
 };
 
 /// The size of the argument of the RPC benches' calls, in bytes.
@@ -38,6 +39,25 @@ pub struct EchoActor;
 impl Echo for EchoActor {
     async fn echo(&self, data: ByteBuf) -> Result<ByteBuf, RemoteError> {
         Ok(data)
+    }
+}
+
+/// The actor of the stream benches: a stream of items of `PAYLOAD` bytes.
+#[distributed_actor]
+pub trait Source {
+    /// `count` items, each [`payload()`].
+    #[stream]
+    async fn items(&self, count: u64) -> Result<ActorStream<ByteBuf>, RemoteError>;
+}
+
+/// The one implementation of [`Source`].
+pub struct SourceActor;
+
+impl Source for SourceActor {
+    async fn items(&self, count: u64) -> Result<ActorStream<ByteBuf>, RemoteError> {
+        Ok(ActorStream::new(
+            futures_util::stream::repeat(payload()).take(count as usize),
+        ))
     }
 }
 

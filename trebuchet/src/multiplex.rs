@@ -129,17 +129,6 @@ struct StreamRoutes {
     resuming: CallIdMap<u64>,
 }
 
-/// What routing a `streamData` comes to.
-enum Routed {
-    /// Delivered, or dropped: an unknown stream, or an item already routed (replayed twice).
-    Done,
-    /// The consumer is behind: send `items` to `feed`, waiting for room.
-    Wait {
-        feed: mpsc::Sender<StreamItem>,
-        items: Vec<StreamItem>,
-    },
-}
-
 /// Stream events waiting for room in their consumer's channel.
 struct Backlog {
     feed: mpsc::Sender<StreamItem>,
@@ -208,24 +197,23 @@ impl StreamTable {
 
     /// Hands stream items (numbered from `first_sequence`) to their consumer: straight into its
     /// channel when there is room (the usual case: a server keeps to the flow-control window),
-    /// else `Routed::Wait` with what is left to send, waiting for room. Items already routed
-    /// (replayed twice) are dropped; a jump in the numbering is reported as a gap first.
-    fn route(&self, stream_id: &str, first_sequence: u64, mut items: Vec<Payload>) -> Routed {
-        let Some(last) = (items.len() as u64)
+    /// else the [`Backlog`] of what is left to send, waiting for room (`None` once delivered, or
+    /// dropped: an unknown stream, or items already routed, replayed twice). A jump in the
+    /// numbering is reported as a gap first.
+    fn route(
+        &self,
+        stream_id: &str,
+        first_sequence: u64,
+        mut items: Vec<Payload>,
+    ) -> Option<Backlog> {
+        let last = (items.len() as u64)
             .checked_sub(1)
-            .and_then(|more| first_sequence.checked_add(more))
-        else {
-            return Routed::Done;
-        };
+            .and_then(|more| first_sequence.checked_add(more))?;
         let mut routes = self.routes();
-        let Some(key) = routes.by_stream_id.get(stream_id).copied() else {
-            return Routed::Done;
-        };
-        let Some(route) = routes.routes.get_mut(&key) else {
-            return Routed::Done;
-        };
+        let key = routes.by_stream_id.get(stream_id).copied()?;
+        let route = routes.routes.get_mut(&key)?;
         if last <= route.last_routed {
-            return Routed::Done;
+            return None;
         }
         let seen = route
             .last_routed
@@ -248,16 +236,16 @@ impl StreamTable {
             match route.feed.try_send(event) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(event)) => {
-                    return Routed::Wait {
+                    return Some(Backlog {
                         feed: route.feed.clone(),
                         items: std::iter::once(event).chain(events).collect(),
-                    };
+                    });
                 }
                 // The consumer is gone (its stream is being removed).
-                Err(mpsc::error::TrySendError::Closed(_)) => return Routed::Done,
+                Err(mpsc::error::TrySendError::Closed(_)) => return None,
             }
         }
-        Routed::Done
+        None
     }
 
     /// Removes the stream `key`.
@@ -537,10 +525,7 @@ impl<Io: FrameIo + 'static> Link<Io> {
                 first_sequence,
                 items,
             }) => {
-                return match self.streams.route(&stream_id, first_sequence, items) {
-                    Routed::Wait { feed, items } => Some(Backlog { feed, items }),
-                    Routed::Done => None,
-                };
+                return self.streams.route(&stream_id, first_sequence, items);
             }
             Ok(Incoming::Envelope(envelope)) => envelope,
             Err(error) => {
@@ -1337,21 +1322,18 @@ mod tests {
         });
         let mut items = table.open(7, "s".into(), call);
         let route = |(first, items)| table.route("s", first, items);
-        assert!(matches!(route(numbers(1, 3)), Routed::Done));
+        assert!(route(numbers(1, 3)).is_none());
         // Replayed in part: only 4 and 5 are new.
-        assert!(matches!(route(numbers(2, 4)), Routed::Done));
+        assert!(route(numbers(2, 4)).is_none());
         // Replayed entirely: nothing new.
-        assert!(matches!(route(numbers(1, 5)), Routed::Done));
+        assert!(route(numbers(1, 5)).is_none());
         // 6 and 7 never came.
-        assert!(matches!(route(numbers(8, 2)), Routed::Done));
+        assert!(route(numbers(8, 2)).is_none());
         // Another stream's items, and an empty run, go nowhere.
-        assert!(matches!(
-            table.route("t", 10, numbers(10, 1).1),
-            Routed::Done
-        ));
-        assert!(matches!(route((10, Vec::new())), Routed::Done));
+        assert!(table.route("t", 10, numbers(10, 1).1).is_none());
+        assert!(route((10, Vec::new())).is_none());
         // A run whose numbering would overflow is refused.
-        assert!(matches!(route((u64::MAX, numbers(1, 2).1)), Routed::Done));
+        assert!(route((u64::MAX, numbers(1, 2).1)).is_none());
         let expected: Vec<Option<u64>> = [1, 2, 3, 4, 5]
             .into_iter()
             .map(Some)

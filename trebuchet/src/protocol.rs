@@ -313,39 +313,22 @@ pub(crate) fn encode_bincode<T: Serialize + ?Sized>(
 pub(crate) fn decode_bincode<T: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<(T, usize), bincode::error::DecodeError> {
-    struct Owned<'b, T>(&'b [u8], std::marker::PhantomData<T>);
-    impl<T: DeserializeOwned> LimitedDecoding for Owned<'_, T> {
-        type Output = Result<(T, usize), bincode::error::DecodeError>;
-        fn run<C: bincode::config::Config>(self, config: C) -> Self::Output {
-            bincode::serde::decode_from_slice(self.0, config)
-        }
-    }
-    with_size_limit(bytes.len(), Owned(bytes, std::marker::PhantomData))
-}
-
-/// A bincode decoding to run with a configuration (its size limit chosen by [`with_size_limit`]).
-trait LimitedDecoding {
-    type Output;
-    fn run<C: bincode::config::Config>(self, config: C) -> Self::Output;
-}
-
-/// Runs `decoding` with the smallest size limit class that admits `len` bytes.
-fn with_size_limit<D: LimitedDecoding>(len: usize, decoding: D) -> D::Output {
     const KIB: usize = 1024;
     const MIB: usize = 1024 * KIB;
     let config = bincode_config();
+    let len = bytes.len();
     if len <= 4 * KIB {
-        decoding.run(config.with_limit::<{ 4 * KIB }>())
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ 4 * KIB }>())
     } else if len <= 64 * KIB {
-        decoding.run(config.with_limit::<{ 64 * KIB }>())
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ 64 * KIB }>())
     } else if len <= MIB {
-        decoding.run(config.with_limit::<{ MIB }>())
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ MIB }>())
     } else if len <= 16 * MIB {
-        decoding.run(config.with_limit::<{ 16 * MIB }>())
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ 16 * MIB }>())
     } else if len <= 256 * MIB {
-        decoding.run(config.with_limit::<{ 256 * MIB }>())
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ 256 * MIB }>())
     } else {
-        decoding.run(config.with_limit::<{ 4096 * MIB }>())
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ 4096 * MIB }>())
     }
 }
 
