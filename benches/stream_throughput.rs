@@ -1,9 +1,10 @@
 //! Items per second of one stream over TCP, against raw length-prefixed frames of the same size
 //! sent as fast as possible over a plain TCP connection, in one run.
 //!
-//! The items are 64 bytes as `serde_bytes::ByteBuf`: serde's type for bytes, written and read in
-//! one piece. (A `Vec<u8>` goes through serde one byte at a time, which costs more than
-//! everything Trebuchet does per item; the raw frames are not serialized at all.)
+//! The items are 64 bytes as `trebuchet::SharedBytes`: written and read in one piece, and read
+//! without a copy, as the raw frames are. (A `Vec<u8>` goes through serde one byte at a time,
+//! which costs more than everything Trebuchet does per item; the raw frames are not serialized
+//! at all.)
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -96,7 +96,7 @@ fn tcp_pipelined(c: &mut Criterion) {
         .await
     };
     let tarpc_calls = |client: EchoServiceClient, calls: u64| async move {
-        let data = support::payload();
+        let data = support::byte_buf_payload();
         pipelined(calls, || {
             let (client, data) = (client.clone(), data.clone());
             async move {

@@ -11,6 +11,9 @@
 //! callgrind_annotate --inclusive=yes callgrind.out.<pid> | head -60
 //! ```
 //!
+//! `ALLOC_TRACE=n` prints the backtrace of every allocation made by `n` operations after the
+//! warm-up (to standard error), to see which allocations an operation makes.
+//!
 //! Workloads (`profile <workload> [count] [threads]`):
 //! * `rpc`: sequential `echo` calls of 64 bytes over TCP (what `benches/tcp_rpc.rs` measures);
 //! * `raw`: the raw TCP echo of the same number of bytes, the reference;
@@ -18,7 +21,8 @@
 //!   variable `WINDOW` sets its flow-control window (default 1024).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -36,19 +40,39 @@ struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
+/// Whether allocations print where they come from (see `ALLOC_TRACE`).
+static TRACING: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Set while a backtrace is printed, so that its own allocations are not traced.
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Counts an allocation and, while tracing, prints its backtrace.
+fn record(kind: &str, size: usize) {
+    ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    if TRACING.load(Ordering::Relaxed) && !IN_TRACE.with(|flag| flag.replace(true)) {
+        eprintln!(
+            "--- {kind} of {size} bytes\n{}",
+            std::backtrace::Backtrace::force_capture()
+        );
+        IN_TRACE.with(|flag| flag.set(false));
+    }
+}
+
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        record("alloc", layout.size());
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        record("alloc_zeroed", layout.size());
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        record("realloc", size);
         unsafe { System.realloc(ptr, layout, size) }
     }
 
@@ -61,8 +85,19 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// Runs `operations` (after a warm-up) and prints the time and allocations per operation.
+///
+/// With `ALLOC_TRACE=n` set, it then runs `n` more operations and prints the backtrace of each
+/// of their allocations to standard error.
 async fn measure<F: AsyncFnMut(u64)>(label: &str, count: u64, mut operations: F) {
     operations(1000).await;
+    if let Some(traced) = std::env::var("ALLOC_TRACE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        TRACING.store(true, Ordering::Relaxed);
+        operations(traced).await;
+        TRACING.store(false, Ordering::Relaxed);
+    }
     let allocations = ALLOCATIONS.load(Ordering::Relaxed);
     let start = Instant::now();
     operations(count).await;

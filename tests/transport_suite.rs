@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use trebuchet::{ErrorCode, RemoteActor};
+use trebuchet::{ErrorCode, RemoteActor, SharedBytes};
 
 /// Works with anything that implements the actor trait: the actor itself or any stub.
 async fn play(counter: &impl Counter) -> Result<u64, CounterError> {
@@ -130,6 +130,32 @@ async fn large_values_travel(bed: Bed) {
     assert_eq!(probe.echo(text.clone()).await.unwrap(), text);
 }
 
+async fn shared_bytes_travel_as_arguments_results_and_items(bed: Bed) {
+    let probe = bed.probe();
+    let data = SharedBytes::from(vec![1u8, 2, 3, 255]);
+    assert_eq!(
+        &probe.reverse(data.clone()).await.unwrap()[..],
+        &[255, 3, 2, 1]
+    );
+    let empty = probe.reverse(SharedBytes::default()).await.unwrap();
+    assert!(empty.is_empty());
+    let pieces: Vec<Vec<u8>> = probe
+        .pieces(data, 3)
+        .await
+        .unwrap()
+        .map(|piece| piece.unwrap().to_vec())
+        .collect()
+        .await;
+    assert_eq!(
+        pieces,
+        vec![
+            vec![0, 1, 2, 3, 255],
+            vec![1, 1, 2, 3, 255],
+            vec![2, 1, 2, 3, 255]
+        ]
+    );
+}
+
 async fn stubs_are_cheap_handles(bed: Bed) {
     let probe = bed.probe();
     assert_eq!(probe.actor_ref().id(), "probe");
@@ -229,6 +255,7 @@ macro_rules! transport_suite {
                 a_panicking_method_fails_alone,
                 other_actors_are_not_held_up_by_a_busy_one,
                 large_values_travel,
+                shared_bytes_travel_as_arguments_results_and_items,
                 stubs_are_cheap_handles,
                 streams_deliver_every_item_in_order,
                 a_stream_error_ends_the_stream,

@@ -17,7 +17,7 @@ use trebuchet::codec;
 use trebuchet::protocol::{Envelope, Invocation};
 use trebuchet::{
     ActorStream, ActorSystem, ClientConfig, Encoding, Metadata, Payload, RemoteError, ServerHandle,
-    Transport, distributed_actor,
+    SharedBytes, Transport, distributed_actor,
 };
 
 /// The size of the argument of the RPC benches' calls, in bytes.
@@ -25,19 +25,20 @@ pub const PAYLOAD: usize = 64;
 
 /// The actor of the RPC benches: answers with its argument.
 ///
-/// The argument is `serde_bytes::ByteBuf`, serde's type for bytes (written and read in one
-/// piece; a `Vec<u8>` goes through serde one byte at a time, which would measure serde more
-/// than the transports). The tarpc service of `tcp_pipelined` takes the same type.
+/// The argument is [`SharedBytes`], Trebuchet's type for bytes: written and read in one piece,
+/// and read without a copy (it shares the frame it came in). A `Vec<u8>` would go through serde
+/// one byte at a time, which would measure serde more than the transports. The tarpc service of
+/// `tcp_pipelined` takes `serde_bytes::ByteBuf`, serde's type for bytes, the same on the wire.
 #[distributed_actor]
 pub trait Echo {
-    async fn echo(&self, data: ByteBuf) -> Result<ByteBuf, RemoteError>;
+    async fn echo(&self, data: SharedBytes) -> Result<SharedBytes, RemoteError>;
 }
 
 /// The one implementation of [`Echo`].
 pub struct EchoActor;
 
 impl Echo for EchoActor {
-    async fn echo(&self, data: ByteBuf) -> Result<ByteBuf, RemoteError> {
+    async fn echo(&self, data: SharedBytes) -> Result<SharedBytes, RemoteError> {
         Ok(data)
     }
 }
@@ -47,22 +48,31 @@ impl Echo for EchoActor {
 pub trait Source {
     /// `count` items, each [`payload()`].
     #[stream]
-    async fn items(&self, count: u64) -> Result<ActorStream<ByteBuf>, RemoteError>;
+    async fn items(&self, count: u64) -> Result<ActorStream<SharedBytes>, RemoteError>;
 }
+
+/// What [`SourceActor`] sends: `PAYLOAD` bytes in static memory, which cost nothing to hand out
+/// (the raw reference sends one buffer over and over, too).
+static ITEM: [u8; PAYLOAD] = [7; PAYLOAD];
 
 /// The one implementation of [`Source`].
 pub struct SourceActor;
 
 impl Source for SourceActor {
-    async fn items(&self, count: u64) -> Result<ActorStream<ByteBuf>, RemoteError> {
+    async fn items(&self, count: u64) -> Result<ActorStream<SharedBytes>, RemoteError> {
         Ok(ActorStream::new(
-            futures_util::stream::repeat(payload()).take(count as usize),
+            futures_util::stream::repeat(SharedBytes::from(&ITEM[..])).take(count as usize),
         ))
     }
 }
 
-/// The argument of the RPC benches' calls: `PAYLOAD` bytes.
-pub fn payload() -> ByteBuf {
+/// The argument of the RPC benches' calls and the stream benches' item: `PAYLOAD` bytes.
+pub fn payload() -> SharedBytes {
+    SharedBytes::from(vec![7u8; PAYLOAD])
+}
+
+/// [`payload()`] as serde's type for bytes, for the tarpc service.
+pub fn byte_buf_payload() -> ByteBuf {
     ByteBuf::from(vec![7u8; PAYLOAD])
 }
 

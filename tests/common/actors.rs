@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use trebuchet::{ActorStream, RemoteError, distributed_actor};
+use trebuchet::{ActorStream, RemoteError, SharedBytes, distributed_actor};
 
 /// The error of the test actors.
 #[derive(Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
@@ -47,6 +47,15 @@ pub trait Probe {
     async fn sleep_ms(&self, ms: u64) -> Result<u64, ProbeError>;
     async fn explode(&self) -> Result<(), ProbeError>;
     async fn blob(&self, len: u64) -> Result<Vec<u8>, ProbeError>;
+    /// `data` backwards.
+    async fn reverse(&self, data: SharedBytes) -> Result<SharedBytes, ProbeError>;
+    /// `count` pieces of `data`, the first byte of each its index.
+    #[stream]
+    async fn pieces(
+        &self,
+        data: SharedBytes,
+        count: u8,
+    ) -> Result<ActorStream<SharedBytes>, ProbeError>;
     async fn count_calls(&self) -> Result<u64, ProbeError>;
     /// 1, 2, …, `to`.
     #[stream]
@@ -138,6 +147,22 @@ impl Probe for ProbeActor {
     }
     async fn blob(&self, len: u64) -> Result<Vec<u8>, ProbeError> {
         Ok(vec![7; len as usize])
+    }
+    async fn reverse(&self, data: SharedBytes) -> Result<SharedBytes, ProbeError> {
+        Ok(data.iter().rev().copied().collect::<Vec<u8>>().into())
+    }
+    async fn pieces(
+        &self,
+        data: SharedBytes,
+        count: u8,
+    ) -> Result<ActorStream<SharedBytes>, ProbeError> {
+        Ok(ActorStream::new(futures_util::stream::iter(
+            (0..count).map(move |index| {
+                let mut piece = data.to_vec();
+                piece.insert(0, index);
+                SharedBytes::from(piece)
+            }),
+        )))
     }
     async fn count_calls(&self) -> Result<u64, ProbeError> {
         Ok(self.calls.load(Ordering::SeqCst))

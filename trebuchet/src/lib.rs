@@ -59,6 +59,7 @@ pub mod middleware;
 mod multiplex;
 pub mod protocol;
 pub mod server;
+mod shared_bytes;
 pub mod state;
 pub mod stream;
 mod system;
@@ -70,6 +71,7 @@ pub use client::{
 };
 pub use protocol::{Encoding, ErrorCode, Metadata, Payload, RemoteError};
 pub use server::{ActorService, Call, ConnectionInfo, ReplayConfig, ServerConfig, ServerHandle};
+pub use shared_bytes::SharedBytes;
 pub use stream::{ActorStream, Reply, StreamGap};
 pub use system::{ActorSystem, ExposeError};
 pub use transport::Transport;

@@ -274,6 +274,25 @@ pub(crate) fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// Serializes `value` with bincode at the end of `buffer`.
+///
+/// (bincode's `std::io::Write` path goes through an adapter and `write_all` for every field;
+/// this one appends to the buffer directly.)
+pub(crate) fn encode_bincode_into<T: Serialize + ?Sized, B: bytes::BufMut>(
+    value: &T,
+    buffer: &mut B,
+) -> Result<(), bincode::error::EncodeError> {
+    struct Append<'a, B>(&'a mut B);
+    impl<B: bytes::BufMut> bincode::enc::write::Writer for Append<'_, B> {
+        #[inline]
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            self.0.put_slice(bytes);
+            Ok(())
+        }
+    }
+    bincode::serde::encode_into_writer(value, Append(buffer), bincode_config())
+}
+
 /// Encodes `value` with bincode into bytes of exactly its size.
 ///
 /// Values are written into a per-thread scratch buffer and copied out: one allocation of the
@@ -291,11 +310,11 @@ pub(crate) fn encode_bincode<T: Serialize + ?Sized>(
         // (A `Serialize` impl that encodes a payload itself finds the buffer in use.)
         let Ok(mut scratch) = scratch.try_borrow_mut() else {
             let mut bytes = Vec::new();
-            bincode::serde::encode_into_std_write(value, &mut bytes, bincode_config())?;
+            encode_bincode_into(value, &mut bytes)?;
             return Ok(bytes.into());
         };
         scratch.clear();
-        bincode::serde::encode_into_std_write(value, &mut *scratch, bincode_config())?;
+        encode_bincode_into(value, &mut *scratch)?;
         Ok(if scratch.len() > KEEP_SCRATCH {
             std::mem::take(&mut *scratch).into()
         } else {
@@ -361,13 +380,12 @@ impl PayloadArena {
         if self.chunk.capacity() < Self::MIN_ROOM {
             self.chunk = bytes::BytesMut::with_capacity(Self::CHUNK);
         }
-        let mut writer = (&mut self.chunk).writer();
         let written = match encoding {
-            Encoding::Json => serde_json::to_writer(&mut writer, value).map_err(PayloadError::from),
+            Encoding::Json => {
+                serde_json::to_writer((&mut self.chunk).writer(), value).map_err(PayloadError::from)
+            }
             Encoding::Bincode => {
-                bincode::serde::encode_into_std_write(value, &mut writer, bincode_config())
-                    .map(drop)
-                    .map_err(PayloadError::from)
+                encode_bincode_into(value, &mut self.chunk).map_err(PayloadError::from)
             }
         };
         if let Err(error) = written {
@@ -409,11 +427,15 @@ impl Payload {
     }
 
     /// Deserializes the payload as a `T`.
+    ///
+    /// [`SharedBytes`](crate::SharedBytes) in it (in bincode) share the payload's bytes.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
         match self.encoding {
             Encoding::Json => Ok(serde_json::from_slice(&self.bytes)?),
             Encoding::Bincode => {
-                let (value, read) = decode_bincode(&self.bytes)?;
+                let (value, read) = crate::shared_bytes::decoding_from(&self.bytes, || {
+                    decode_bincode(&self.bytes)
+                })?;
                 if read != self.bytes.len() {
                     return Err(PayloadError::TrailingBytes(self.bytes.len() - read));
                 }

@@ -194,13 +194,36 @@ impl Producer {
                 && self.unacked_bytes >= self.config.max_bytes)
     }
 
-    fn remember(&mut self, sequence: u64, data: &Payload, now: Instant) {
+    /// Counts a new item as unacknowledged (it goes into the replay buffer once it is in an
+    /// envelope, see [`keep`](Self::keep)).
+    fn count_unacknowledged(&mut self, data: &Payload) {
+        if self.config.max_items > 0 {
+            self.unacked_bytes += data.len();
+        }
+    }
+
+    /// Moves the items of `run` (numbered from `first`, sent at `now`) into the replay buffer,
+    /// those not already in it, and trims it. The pump calls this once it has put them into an
+    /// envelope: moving them costs nothing, where keeping a copy as they are produced would
+    /// cost a reference count each.
+    fn keep(&mut self, first: u64, run: &mut Vec<Payload>, now: Instant) {
         if self.config.max_items == 0 {
+            run.clear();
             return;
         }
-        self.unacked_bytes += data.len();
-        self.replay.bytes += data.len();
-        self.replay.items.push_back((sequence, now, data.clone()));
+        // A replayed item is in the buffer already, unless trimming removed it since: then it
+        // goes back in, before the newer ones, so the buffer stays a run of numbers.
+        let kept_up_to = self
+            .replay
+            .items
+            .back()
+            .map_or(0, |(sequence, _, _)| *sequence);
+        for (sequence, data) in (first..).zip(run.drain(..)) {
+            if sequence > kept_up_to {
+                self.replay.bytes += data.len();
+                self.replay.items.push_back((sequence, now, data));
+            }
+        }
         self.trim();
     }
 
@@ -346,9 +369,8 @@ impl Pump {
 }
 
 impl Pump {
-    /// The stream's next event; at the end, parks what is kept of the stream for replay. `now`
-    /// is when the item is sent (one reading of the clock per batch).
-    fn poll_event(&mut self, cx: &mut Context<'_>, now: Instant) -> Poll<Option<StreamEvent>> {
+    /// The stream's next event. After the end, the caller [`park`](Self::park)s the stream.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamEvent>> {
         let Some(producer) = self.producer.as_mut() else {
             return Poll::Ready(None);
         };
@@ -372,7 +394,7 @@ impl Pump {
                 Some(Ok(data)) => {
                     producer.sequence += 1;
                     let sequence_number = producer.sequence;
-                    producer.remember(sequence_number, &data, now);
+                    producer.count_unacknowledged(&data);
                     return Poll::Ready(Some(StreamEvent::Data {
                         sequence_number,
                         data,
@@ -382,15 +404,22 @@ impl Pump {
                 None => Terminal::End,
             },
         };
-        // The end: the actor's stream is dropped now; the rest is kept for a while for replay.
-        let mut producer = self.producer.take().expect("checked above");
+        // The end: the actor's stream is dropped now.
         producer.items = futures_util::stream::empty().boxed();
         producer.terminal = Some(terminal.clone());
-        self.registry.park(self.stream_id.clone(), producer);
         Poll::Ready(Some(match terminal {
             Terminal::End => StreamEvent::End,
             Terminal::Failed(error) => StreamEvent::Failed(error),
         }))
+    }
+
+    /// After the end (once the last items are in the replay buffer): parks what is kept of the
+    /// stream in the registry, for a client that lost the last items or the end with its
+    /// connection.
+    fn park(&mut self) {
+        if let Some(producer) = self.producer.take() {
+            self.registry.park(self.stream_id.clone(), producer);
+        }
     }
 }
 
@@ -410,8 +439,9 @@ pub(crate) const PUMP_BATCH: usize = 64;
 
 impl Pump {
     /// Puts the items collected in `self.run` into one envelope (`streamBatch`, or `streamData`
-    /// for one item or a client that takes no batches) at the end of `frames`.
-    fn flush_run(&mut self, frames: &mut Vec<Frame>, timestamp: u64) {
+    /// for one item or a client that takes no batches) at the end of `frames`, then moves them
+    /// into the replay buffer.
+    fn flush_run(&mut self, frames: &mut Vec<Frame>, now: Instant, timestamp: u64) {
         if self.run.is_empty() {
             return;
         }
@@ -422,7 +452,10 @@ impl Pump {
             timestamp,
             self.encoding,
         ));
-        self.run.clear();
+        match self.producer.as_mut() {
+            Some(producer) => producer.keep(self.run_first, &mut self.run, now),
+            None => self.run.clear(),
+        }
     }
 }
 
@@ -442,7 +475,7 @@ impl Stream for Pump {
         let mut timestamp = None;
         let mut timestamp = || *timestamp.get_or_insert_with(now_millis);
         while output.items < PUMP_BATCH {
-            match this.poll_event(cx, now) {
+            match this.poll_event(cx) {
                 Poll::Ready(Some(StreamEvent::Data {
                     sequence_number,
                     data,
@@ -453,12 +486,12 @@ impl Stream for Pump {
                     this.run.push(data);
                     output.items += 1;
                     if this.run.len() >= items_per_envelope {
-                        this.flush_run(&mut output.frames, timestamp());
+                        this.flush_run(&mut output.frames, now, timestamp());
                     }
                 }
                 Poll::Ready(Some(last)) => {
-                    // (The pump has parked the ended stream in the registry, for replay.)
-                    this.flush_run(&mut output.frames, timestamp());
+                    this.flush_run(&mut output.frames, now, timestamp());
+                    this.park();
                     let last = match last {
                         StreamEvent::Failed(error) => Envelope::StreamError(StreamError {
                             stream_id: this.stream_id.to_string(),
@@ -480,7 +513,7 @@ impl Stream for Pump {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        this.flush_run(&mut output.frames, timestamp());
+        this.flush_run(&mut output.frames, now, timestamp());
         Poll::Ready(Some(output))
     }
 }
@@ -734,9 +767,22 @@ mod tests {
         ))
     }
 
-    /// The pump's next event (one, where polling the pump gives a batch).
+    /// The pump's next event (one, where polling the pump gives a batch), kept for replay as
+    /// the pump keeps the items it sends.
     async fn next_event(pump: &mut Pump) -> Option<StreamEvent> {
-        std::future::poll_fn(|cx| pump.poll_event(cx, Instant::now())).await
+        let now = Instant::now();
+        let event = std::future::poll_fn(|cx| pump.poll_event(cx)).await;
+        if let (
+            Some(StreamEvent::Data {
+                sequence_number,
+                data,
+            }),
+            Some(producer),
+        ) = (&event, pump.producer.as_mut())
+        {
+            producer.keep(*sequence_number, &mut vec![data.clone()], now);
+        }
+        event
     }
 
     async fn sequence_numbers(producer: Box<Producer>, take: usize) -> (Vec<u64>, Box<Producer>) {
