@@ -15,70 +15,13 @@ use futures_util::StreamExt;
 #[path = "support/mod.rs"]
 mod support;
 use support::{PAYLOAD, Source, SourceActor, SourceClient};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
-use trebuchet::codec;
-use trebuchet::protocol::{Envelope, StreamData};
-use trebuchet::{ActorSystem, Encoding, Payload, Transport};
-
-/// The size of one `streamData` frame, length prefix included.
-fn frame_size() -> usize {
-    let envelope = Envelope::StreamData(StreamData {
-        stream_id: "5f0c8d8e-0e4c-4b7a-9d1e-2f3a4b5c6d7e".into(),
-        sequence_number: 1000,
-        data: Payload::encode(&support::payload(), Encoding::Bincode).unwrap(),
-        timestamp: 1_732_370_000_123,
-    });
-    4 + codec::encode(&envelope, Encoding::Bincode)
-        .unwrap()
-        .data
-        .len()
-}
-
-/// A server that, for each 8-byte count it reads, writes that many frames of `size` bytes.
-async fn raw_frame_server(size: usize) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            stream.set_nodelay(true).unwrap();
-            tokio::spawn(async move {
-                let (read, write) = stream.into_split();
-                let (mut read, mut write) = (read, BufWriter::new(write));
-                let mut frame = vec![7u8; size];
-                frame[..4].copy_from_slice(&((size - 4) as u32).to_be_bytes());
-                let mut count = [0u8; 8];
-                while read.read_exact(&mut count).await.is_ok() {
-                    for _ in 0..u64::from_be_bytes(count) {
-                        write.write_all(&frame).await.unwrap();
-                    }
-                    write.flush().await.unwrap();
-                }
-            });
-        }
-    });
-    address
-}
-
-/// Asks the raw server for `count` frames and reads them as length-prefixed frames.
-async fn raw_receive(stream: &mut BufReader<TcpStream>, count: u64, buffer: &mut Vec<u8>) {
-    stream
-        .get_mut()
-        .write_all(&count.to_be_bytes())
-        .await
-        .unwrap();
-    for _ in 0..count {
-        let mut header = [0u8; 4];
-        stream.read_exact(&mut header).await.unwrap();
-        buffer.resize(u32::from_be_bytes(header) as usize, 0);
-        stream.read_exact(buffer).await.unwrap();
-        black_box(&buffer);
-    }
-}
+use tokio::io::BufReader;
+use tokio::net::TcpStream;
+use trebuchet::{ActorSystem, Transport};
 
 fn stream_throughput(c: &mut Criterion) {
     let rt = support::runtime();
-    let size = frame_size();
+    let size = support::stream_frame_size();
     let (source, raw_address, _server) = rt.block_on(async {
         let system = ActorSystem::new();
         system.expose("source", SourceActor.into_actor()).unwrap();
@@ -91,7 +34,7 @@ fn stream_throughput(c: &mut Criterion) {
             .await
             .unwrap();
         let source: SourceClient = client.actor("source");
-        (source, raw_frame_server(size).await, server)
+        (source, support::raw_frame_server(size).await, server)
     });
     println!("stream_throughput: {PAYLOAD}-byte items; {size} bytes per frame on both sides");
     let mut raw = Some(rt.block_on(async move {
@@ -123,7 +66,7 @@ fn stream_throughput(c: &mut Criterion) {
                 .block_on(rt.spawn(async move {
                     let mut buffer = Vec::new();
                     let start = Instant::now();
-                    raw_receive(&mut stream, iters, &mut buffer).await;
+                    support::receive_raw_frames(&mut stream, iters, &mut buffer).await;
                     (start.elapsed(), stream)
                 }))
                 .unwrap();
@@ -148,7 +91,7 @@ fn stream_throughput(c: &mut Criterion) {
                 }
                 ours.push(start.elapsed() / 20_000);
                 let start = Instant::now();
-                raw_receive(&mut stream, 20_000, &mut buffer).await;
+                support::receive_raw_frames(&mut stream, 20_000, &mut buffer).await;
                 reference.push(start.elapsed() / 20_000);
             }
             (ours, reference)

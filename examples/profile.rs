@@ -18,7 +18,8 @@
 //! * `rpc`: sequential `echo` calls of 64 bytes over TCP (what `benches/tcp_rpc.rs` measures);
 //! * `raw`: the raw TCP echo of the same number of bytes, the reference;
 //! * `stream`: one TCP stream of 64-byte items (`benches/stream_throughput.rs`); the environment
-//!   variable `WINDOW` sets its flow-control window (default 1024).
+//!   variable `WINDOW` sets its flow-control window (default 1024);
+//! * `raw-stream`: raw length-prefixed frames of the same size, the reference.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -181,6 +182,26 @@ async fn stream(count: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn raw_stream(count: u64) -> anyhow::Result<()> {
+    let size = support::stream_frame_size();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        support::send_raw_frames(stream, size).await;
+    });
+    let stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let mut stream = tokio::io::BufReader::new(stream);
+    let mut buffer = Vec::new();
+    measure("raw-stream", count, async |count| {
+        support::receive_raw_frames(&mut stream, count, &mut buffer).await;
+    })
+    .await;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let workload = args.next().unwrap_or_else(|| "rpc".into());
@@ -203,7 +224,8 @@ fn main() -> anyhow::Result<()> {
             }
             "raw" => raw(count).await,
             "stream" => stream(count).await,
-            other => bail!("unknown workload '{other}': rpc, raw or stream"),
+            "raw-stream" => raw_stream(count).await,
+            other => bail!("unknown workload '{other}': rpc, raw, stream or raw-stream"),
         }
     })
 }

@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use trebuchet::codec::{self, Frame};
@@ -196,4 +197,39 @@ async fn the_tcp_client_reconnects_after_the_server_restarts() {
     let _server = system.serve_tcp(addr).await.unwrap();
     // Same system, same actor: the count goes on.
     assert_eq!(counter.increment(3).await.unwrap(), 5);
+}
+
+/// A server that keeps fewer items for replay than the client's window allows fewer in flight,
+/// and one that keeps few bytes: the stream still flows to the end (the client acknowledges
+/// when it has taken all it was sent, not only every quarter window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_flows_when_the_server_keeps_less_than_the_client_window() {
+    for (max_items, max_bytes) in [(10, 1 << 20), (1024, 64)] {
+        let system = ActorSystem::new();
+        system
+            .expose("probe", ProbeActor::default().into_actor())
+            .unwrap();
+        let mut config = ServerConfig::default();
+        config.stream_replay.max_items = max_items;
+        config.stream_replay.max_bytes = max_bytes;
+        let server = trebuchet::transport::tcp::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            system.service(),
+            config,
+        )
+        .await
+        .unwrap();
+        let client = system
+            .connect(Transport::Tcp(server.local_addr().to_string()))
+            .await
+            .unwrap();
+        let probe: ProbeClient = client.actor("probe");
+        let items = tokio::time::timeout(Duration::from_secs(20), async {
+            let stream = probe.count_up(1000).await.unwrap();
+            stream.map(|item| item.unwrap()).collect::<Vec<u64>>().await
+        })
+        .await
+        .unwrap_or_else(|_| panic!("stalled with max_items {max_items}, max_bytes {max_bytes}"));
+        assert_eq!(items, (1..=1000).collect::<Vec<_>>());
+    }
 }

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 pub use serde_bytes::ByteBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use trebuchet::codec;
-use trebuchet::protocol::{Envelope, Invocation};
+use trebuchet::protocol::{Envelope, Invocation, StreamData};
 use trebuchet::{
     ActorStream, ActorSystem, ClientConfig, Encoding, Metadata, Payload, RemoteError, ServerHandle,
     SharedBytes, Transport, distributed_actor,
@@ -166,4 +168,70 @@ pub fn echo_request_frame_size() -> usize {
         .unwrap()
         .data
         .len()
+}
+
+/// The size of one `streamData` frame of a [`Source`] item, length prefix included: what the raw
+/// reference of the stream benches sends per item.
+pub fn stream_frame_size() -> usize {
+    let envelope = Envelope::StreamData(StreamData {
+        stream_id: "5f0c8d8e-0e4c-4b7a-9d1e-2f3a4b5c6d7e".into(),
+        sequence_number: 1000,
+        data: Payload::encode(&payload(), Encoding::Bincode).unwrap(),
+        timestamp: 1_732_370_000_123,
+    });
+    4 + codec::encode(&envelope, Encoding::Bincode)
+        .unwrap()
+        .data
+        .len()
+}
+
+/// The raw reference of the stream benches, one connection's side: for each 8-byte count it
+/// reads, writes that many length-prefixed frames of `size` bytes (one buffer, sent again and
+/// again).
+pub async fn send_raw_frames(stream: TcpStream, size: usize) {
+    let (mut read, write) = stream.into_split();
+    let mut write = BufWriter::new(write);
+    let mut frame = vec![7u8; size];
+    frame[..4].copy_from_slice(&((size - 4) as u32).to_be_bytes());
+    let mut count = [0u8; 8];
+    while read.read_exact(&mut count).await.is_ok() {
+        for _ in 0..u64::from_be_bytes(count) {
+            write.write_all(&frame).await.unwrap();
+        }
+        write.flush().await.unwrap();
+    }
+}
+
+/// A server of [`send_raw_frames`] on a free local port; its address.
+pub async fn raw_frame_server(size: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(send_raw_frames(stream, size));
+        }
+    });
+    address
+}
+
+/// Asks a [`send_raw_frames`] server for `count` frames and reads them as length-prefixed
+/// frames into `buffer`.
+pub async fn receive_raw_frames(
+    stream: &mut BufReader<TcpStream>,
+    count: u64,
+    buffer: &mut Vec<u8>,
+) {
+    stream
+        .get_mut()
+        .write_all(&count.to_be_bytes())
+        .await
+        .unwrap();
+    for _ in 0..count {
+        let mut header = [0u8; 4];
+        stream.read_exact(&mut header).await.unwrap();
+        buffer.resize(u32::from_be_bytes(header) as usize, 0);
+        stream.read_exact(buffer).await.unwrap();
+        std::hint::black_box(&buffer);
+    }
 }

@@ -106,7 +106,8 @@ pub struct ClientConfig {
     /// Reconnection after a lost connection.
     pub reconnect: ReconnectPolicy,
     /// How many items of one stream the server may send ahead of the consumer (default 1024;
-    /// the server may allow fewer). The client acknowledges every quarter window taken and keeps
+    /// the server may allow fewer: the client then acknowledges sooner, see docs/PROTOCOL.md).
+    /// The client acknowledges every quarter window taken and keeps
     /// up to a window of items per stream: more lets a fast stream flow with fewer pauses, less
     /// bounds memory per stream and the items a reconnect must replay.
     pub stream_window: u64,

@@ -168,6 +168,11 @@ impl StreamTable {
         }
     }
 
+    /// How many items a consumer takes between acknowledgements: a quarter of the window.
+    fn ack_interval(&self) -> u64 {
+        (self.window / 4).max(1)
+    }
+
     fn routes(&self) -> MutexGuard<'_, StreamRoutes> {
         lock(&self.routes)
     }
@@ -672,15 +677,26 @@ struct StreamConsumer<Io: FrameIo + 'static> {
     /// Items received together and not taken yet, and the number of the first of them.
     pending: std::vec::IntoIter<Payload>,
     pending_sequence: u64,
+    /// How many items to take between acknowledgements: a quarter of the window, less once the
+    /// server has been seen to wait for acknowledgements sooner (see [`IDLE_ACK_DELAY`]).
+    ack_every: u64,
 }
+
+/// How long a consumer that has taken everything it was sent, and not acknowledged all of it,
+/// waits for more before it acknowledges anyway.
+///
+/// The server may hold a stream to a smaller window than the client asked for (its replay buffer
+/// keeps fewer items or bytes, see `ReplayConfig`), and does not say so: it then stops before the
+/// next acknowledgement is due. This acknowledgement gets it going again, and the consumer
+/// acknowledges that stream every half of what it had taken from then on, so that it does not
+/// stop again.
+const IDLE_ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl<Io: FrameIo + 'static> StreamConsumer<Io> {
     /// The next item received already, if taking it needs nothing else (no acknowledgement is
     /// due): what most items of a flowing stream are, taken without a future.
     fn take_received(&mut self) -> Option<Payload> {
-        if self.pending.len() == 0
-            || self.pending_sequence >= self.acked + (self.streams.window / 4).max(1)
-        {
+        if self.pending.len() == 0 || self.pending_sequence >= self.acked + self.ack_every {
             return None;
         }
         let data = self.pending.next()?;
@@ -697,7 +713,7 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
             if let Some(data) = self.pending.next() {
                 self.taken = self.pending_sequence;
                 self.pending_sequence += 1;
-                if self.taken >= self.acked + (self.streams.window / 4).max(1) {
+                if self.taken >= self.acked + self.ack_every {
                     self.acknowledge().await;
                 }
                 return Some(Ok(data));
@@ -739,39 +755,84 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
     /// next, or by the `streamResume` after a reconnect).
     async fn acknowledge(&mut self) {
         self.acked = self.taken;
-        let link = match &*self.link.borrow() {
-            LinkState::Up(link) => link.clone(),
-            LinkState::Reconnecting | LinkState::Closed => return,
-        };
-        let ack = Envelope::StreamAck(StreamAck {
-            stream_id: self.stream_id.clone(),
-            sequence_number: self.taken,
-        });
-        if let Ok(frame) = codec::encode(&ack, self.cancel_encoding) {
+        if let Some(link) = self.current_link()
+            && let Some(frame) = encode_ack(&self.stream_id, self.taken, self.cancel_encoding)
+        {
             let _ = link.send(frame).await;
         }
     }
 
+    /// The link up now, if any (none while reconnecting).
+    fn current_link(&self) -> Option<Arc<Link<Io>>> {
+        match &*self.link.borrow() {
+            LinkState::Up(link) => Some(link.clone()),
+            LinkState::Reconnecting | LinkState::Closed => None,
+        }
+    }
+
     /// The next event, reading the current link; while reconnecting, waits for the next link
-    /// (or for the client to give up: then `None`).
+    /// (or for the client to give up: then `None`). Acknowledges what was taken if nothing
+    /// comes for [`IDLE_ACK_DELAY`].
     async fn next_item(&mut self) -> Option<StreamItem> {
         // Items routed already (the usual case while a stream flows) need no link.
         if let Ok(item) = self.items.try_recv() {
             return Some(item);
         }
-        loop {
-            let state = self.link.borrow_and_update().clone();
-            if let LinkState::Up(link) = state
-                && let Ok(item) = link.next_item(&mut self.items).await
-            {
-                return item;
-            }
-            tokio::select! {
-                item = self.items.recv() => return item,
-                changed = self.link.changed() => if changed.is_err() {
-                    return self.items.recv().await;
-                },
-            }
+        if self.taken <= self.acked {
+            return next_from_links(&mut self.items, &mut self.link).await;
+        }
+        let link = self.current_link();
+        // (Reading the link must not be cancelled: it may be routing another stream's items.)
+        let next = next_from_links(&mut self.items, &mut self.link);
+        let mut next = std::pin::pin!(next);
+        tokio::select! {
+            biased;
+            item = &mut next => return item,
+            () = tokio::time::sleep(IDLE_ACK_DELAY) => {}
+        }
+        // The server is waiting for an acknowledgement sooner than we send them.
+        let unacknowledged = self.taken - self.acked;
+        self.ack_every = self.ack_every.min((unacknowledged / 2).max(1));
+        self.acked = self.taken;
+        if let Some(link) = link
+            && let Some(frame) = encode_ack(&self.stream_id, self.taken, self.cancel_encoding)
+        {
+            // Sent by a task of its own: this one holds the reading turn meanwhile.
+            tokio::spawn(async move {
+                let _ = link.send(frame).await;
+            });
+        }
+        next.await
+    }
+}
+
+/// The `streamAck` of the items up to `taken` of stream `stream_id`.
+fn encode_ack(stream_id: &str, taken: u64, encoding: Encoding) -> Option<Frame> {
+    let ack = Envelope::StreamAck(StreamAck {
+        stream_id: stream_id.to_owned(),
+        sequence_number: taken,
+    });
+    codec::encode(&ack, encoding).ok()
+}
+
+/// The next event of a stream from `items`, reading the current link of `links`; while
+/// reconnecting, waits for the next link (or for the client to give up: then `None`).
+async fn next_from_links<Io: FrameIo + 'static>(
+    items: &mut mpsc::Receiver<StreamItem>,
+    links: &mut watch::Receiver<LinkState<Io>>,
+) -> Option<StreamItem> {
+    loop {
+        let state = links.borrow_and_update().clone();
+        if let LinkState::Up(link) = state
+            && let Ok(item) = link.next_item(items).await
+        {
+            return item;
+        }
+        tokio::select! {
+            item = items.recv() => return item,
+            changed = links.changed() => if changed.is_err() {
+                return items.recv().await;
+            },
         }
     }
 }
@@ -1072,6 +1133,7 @@ impl<C: Connector> Multiplexed<C> {
                     stream_id,
                     pending: Vec::new().into_iter(),
                     pending_sequence: 0,
+                    ack_every: self.streams.ack_interval(),
                 };
                 Ok(ConsumerStream {
                     consumer: Some(consumer),
