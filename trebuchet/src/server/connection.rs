@@ -99,8 +99,6 @@ where
 {
     let mut in_flight = FuturesUnordered::new();
     let mut aborts: CallIdMap<AbortHandle> = CallIdMap::default();
-    let mut streams: SelectAll<Pump> = SelectAll::new();
-    let mut open_streams: CallIdMap<OpenStream> = CallIdMap::default();
     let mut resumptions: FuturesUnordered<Resumption> = FuturesUnordered::new();
     let (handovers, mut signals) = tokio::sync::mpsc::unbounded_channel::<ConnectionSignal>();
     // The shutdown comes as a signal too, from a task of its own (it ends with the connection).
@@ -115,6 +113,12 @@ where
             }
         });
     }
+    let mut streams = OpenStreams {
+        pumps: SelectAll::new(),
+        open: CallIdMap::default(),
+        registry: &registry,
+        handovers: &handovers,
+    };
     // Errors about frames that say nothing of their encoding are sent in the last one seen
     // (before any, in the transport's own).
     let mut reply_encoding = first_encoding;
@@ -133,22 +137,21 @@ where
                 let outcome: Result<Result<Reply, RemoteError>, Aborted> = outcome;
                 let Ok(outcome) = outcome else { continue }; // cancelled by the client
                 let finished = (call_id, encoding, options, outcome);
-                let mut streams_of = OpenStreams { pumps: &mut streams, open: &mut open_streams, registry: &registry, handovers: &handovers };
-                if answer(&mut io, finished, draining, &mut streams_of, &config).await.is_err() {
+                if answer(&mut io, finished, draining, &mut streams, &config).await.is_err() {
                     break Ending::Closed;
                 }
             }
             Some(signal) = signals.recv() => match signal {
                 // A client resumed one of our streams on another connection: it has left this one.
-                ConnectionSignal::Handover(request) => hand_over(request, &mut streams, &mut open_streams),
+                ConnectionSignal::Handover(request) => hand_over(request, &mut streams.pumps, &mut streams.open),
                 ConnectionSignal::Shutdown if !draining => {
                     draining = true;
                     grace.as_mut().reset(tokio::time::Instant::now() + config.shutdown_grace);
                     // Streams may never end by themselves: end them now, telling their clients why.
-                    for pump in streams.iter_mut() {
+                    for pump in streams.pumps.iter_mut() {
                         drop(pump.take_producer());
                     }
-                    for (_, open) in open_streams.drain() {
+                    for (_, open) in streams.open.drain() {
                         registry.close(&open.stream_id);
                         let error = shutting_down();
                         if send_stream_error(&mut io, &open.stream_id, error, open.encoding).await.is_err() {
@@ -160,7 +163,7 @@ where
             },
             Some((resume, encoding, producer)) = resumptions.next(), if !resumptions.is_empty() => {
                 let call_id = resume.call_id.or(producer.as_ref().map(|producer| producer.original_call_id)).unwrap_or(0);
-                if let Err(error) = call_id_free(call_id, &aborts, &open_streams) {
+                if let Err(error) = call_id_free(call_id, &aborts, &streams.open) {
                     if let Some(producer) = producer {
                         registry.park(Arc::from(resume.stream_id.as_str()), producer);
                     }
@@ -174,7 +177,7 @@ where
                 });
                 match producer {
                     Some(producer) => {
-                        if open_streams.len() >= MAX_STREAMS_PER_CONNECTION {
+                        if streams.open.len() >= MAX_STREAMS_PER_CONNECTION {
                             registry.park(Arc::from(resume.stream_id.as_str()), producer);
                             if send_stream_error(&mut io, &resume.stream_id, too_many_streams(), encoding).await.is_err() {
                                 break Ending::Closed;
@@ -184,8 +187,8 @@ where
                         tracing::debug!(stream_id = %resume.stream_id, last_sequence = resume.last_sequence, "stream resumed");
                         let stream_id: Arc<str> = Arc::from(resume.stream_id.as_str());
                         registry.attach(stream_id.clone(), &handovers);
-                        streams.push(Pump::new(stream_id.clone(), call_id, encoding, producer, registry.clone()));
-                        open_streams.insert(call_id, OpenStream { stream_id, encoding });
+                        streams.pumps.push(Pump::new(stream_id.clone(), call_id, encoding, producer, registry.clone()));
+                        streams.open.insert(call_id, OpenStream { stream_id, encoding });
                     }
                     _ if draining => {
                         let error = shutting_down();
@@ -204,11 +207,10 @@ where
                             args: resume.args,
                             metadata: resume.metadata,
                         };
-                        if let Some(finished) = start_call(&mut service, invocation, encoding, &connection, &mut aborts, &mut in_flight).await {
-                            let mut streams_of = OpenStreams { pumps: &mut streams, open: &mut open_streams, registry: &registry, handovers: &handovers };
-                            if answer(&mut io, finished, draining, &mut streams_of, &config).await.is_err() {
-                                break Ending::Closed;
-                            }
+                        if let Some(finished) = start_call(&mut service, invocation, encoding, &connection, &mut aborts, &mut in_flight).await
+                            && answer(&mut io, finished, draining, &mut streams, &config).await.is_err()
+                        {
+                            break Ending::Closed;
                         }
                     }
                 }
@@ -249,22 +251,22 @@ where
                 match envelope {
                     Envelope::Invocation(invocation) => {
                         let call_id = invocation.call_id;
-                        if let Err(error) = call_id_free(call_id, &aborts, &open_streams) {
+                        if let Err(error) = call_id_free(call_id, &aborts, &streams.open) {
                             if send_response(&mut io, Some(call_id), Err(error), frame.encoding, &config).await.is_err() {
                                 break Ending::Closed;
                             }
                             continue;
                         }
-                        if let Some(finished) = start_call(&mut service, invocation, frame.encoding, &connection, &mut aborts, &mut in_flight).await {
-                            let mut streams_of = OpenStreams { pumps: &mut streams, open: &mut open_streams, registry: &registry, handovers: &handovers };
-                            if answer(&mut io, finished, draining, &mut streams_of, &config).await.is_err() {
-                                break Ending::Closed;
-                            }
+                        if let Some(finished) = start_call(&mut service, invocation, frame.encoding, &connection, &mut aborts, &mut in_flight).await
+                            && answer(&mut io, finished, draining, &mut streams, &config).await.is_err()
+                        {
+                            break Ending::Closed;
                         }
                     }
                     Envelope::StreamAck(ack) => {
                         // (A stream that already ended, or is not here, needs no more acks.)
                         let pumped = streams
+                            .pumps
                             .iter_mut()
                             .find(|pump| *pump.stream_id == *ack.stream_id)
                             .is_some_and(|pump| pump.acknowledge(ack.sequence_number));
@@ -277,9 +279,9 @@ where
                             abort.abort();
                         }
                         // A cancelled stream is dropped: its producer sees that and stops.
-                        if let Some(open) = open_streams.remove(&cancel.call_id) {
+                        if let Some(open) = streams.open.remove(&cancel.call_id) {
                             registry.close(&open.stream_id);
-                            for pump in streams.iter_mut().filter(|pump| pump.call_id == cancel.call_id) {
+                            for pump in streams.pumps.iter_mut().filter(|pump| pump.call_id == cancel.call_id) {
                                 drop(pump.take_producer());
                             }
                         }
@@ -309,7 +311,7 @@ where
             // while streams have items ready. A stream is polled again only once its previous
             // batch has been written: a producer runs at most `PUMP_BATCH` items ahead of the
             // socket (backpressure).
-            Some(first) = streams.next(), if !streams.is_empty() => {
+            Some(first) = streams.pumps.next(), if !streams.pumps.is_empty() => {
                 // Write the frames that were ready together, and those of other streams ready
                 // too (up to a limit), then flush once: one write for many small items.
                 let mut next = Some(first);
@@ -317,7 +319,7 @@ where
                 while let Some(output) = next.take() {
                     written += output.items;
                     if output.ended {
-                        open_streams.remove(&output.call_id);
+                        streams.open.remove(&output.call_id);
                     }
                     for frame in output.frames {
                         if io.feed(frame).await.is_err() {
@@ -325,7 +327,7 @@ where
                         }
                     }
                     if written < STREAM_WRITE_BATCH {
-                        next = streams.next().now_or_never().flatten();
+                        next = streams.pumps.next().now_or_never().flatten();
                     }
                 }
                 if io.flush().await.is_err() {
@@ -335,7 +337,7 @@ where
         }
     };
     // The streams of a client that went away wait for it to resume them elsewhere.
-    for mut pump in streams {
+    for mut pump in streams.pumps {
         if let Some(producer) = pump.take_producer() {
             registry.park(pump.stream_id.clone(), producer);
         }
@@ -347,10 +349,11 @@ where
     ending
 }
 
-/// A connection's open streams, as answering a call that opens one needs them.
+/// A connection's open streams: their pumps, what a `cancel` or the end of each needs to know,
+/// and where to open new ones.
 struct OpenStreams<'a> {
-    pumps: &'a mut SelectAll<Pump>,
-    open: &'a mut CallIdMap<OpenStream>,
+    pumps: SelectAll<Pump>,
+    open: CallIdMap<OpenStream>,
     registry: &'a Arc<StreamRegistry>,
     handovers: &'a HandoverSender,
 }
