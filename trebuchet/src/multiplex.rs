@@ -689,8 +689,14 @@ struct StreamConsumer<Io: FrameIo + 'static> {
 /// keeps fewer items or bytes, see `ReplayConfig`), and does not say so: it then stops before the
 /// next acknowledgement is due. This acknowledgement gets it going again, and the consumer
 /// acknowledges that stream every half of what it had taken from then on, so that it does not
-/// stop again.
+/// stop again; but not more often than every [`MIN_ACK_EVERY`] items.
 const IDLE_ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The fewest items between acknowledgements that waiting teaches a consumer (see
+/// [`IDLE_ACK_DELAY`]). A producer that is merely slow also makes the consumer wait with a few
+/// items unacknowledged; were it to learn from that, it would acknowledge every item or two once
+/// the stream speeds up.
+const MIN_ACK_EVERY: u64 = 16;
 
 impl<Io: FrameIo + 'static> StreamConsumer<Io> {
     /// The next item received already, if taking it needs nothing else (no acknowledgement is
@@ -792,7 +798,7 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
         }
         // The server is waiting for an acknowledgement sooner than we send them.
         let unacknowledged = self.taken - self.acked;
-        self.ack_every = self.ack_every.min((unacknowledged / 2).max(1));
+        self.ack_every = self.ack_every.min((unacknowledged / 2).max(MIN_ACK_EVERY));
         self.acked = self.taken;
         if let Some(link) = link
             && let Some(frame) = encode_ack(&self.stream_id, self.taken, self.cancel_encoding)

@@ -34,6 +34,11 @@ use crate::stream::PayloadStream;
 /// bytes, none older than `max_age`. A client that resumes a stream gets the items after the
 /// last one it saw, if the buffer still holds them all; otherwise the server restarts the stream
 /// (the same call again) and the client reports a [`crate::StreamGap`].
+///
+/// A stream with flow control never has more items unacknowledged than the buffer keeps, so
+/// that a resume can always be served: the limits also cap the window a client gets. The Rust
+/// client copes with a smaller window than it asked for (it acknowledges sooner), but a buffer
+/// of fewer than 32 items makes a fast stream wait for acknowledgements.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ReplayConfig {
