@@ -11,7 +11,9 @@ use tokio::net::TcpStream;
 use trebuchet::codec::{self, Frame};
 use trebuchet::protocol::{Envelope, Invocation, Response};
 use trebuchet::transport::tcp::Handshake;
-use trebuchet::{ActorSystem, Encoding, ErrorCode, Metadata, Payload, ServerConfig, Transport};
+use trebuchet::{
+    ActorSystem, ClientConfig, Encoding, ErrorCode, Metadata, Payload, ServerConfig, Transport,
+};
 
 async fn write_frame(stream: &mut TcpStream, data: &[u8]) {
     stream
@@ -205,25 +207,11 @@ async fn the_tcp_client_reconnects_after_the_server_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_flows_when_the_server_keeps_less_than_the_client_window() {
     for (max_items, max_bytes) in [(10, 1 << 20), (1024, 64)] {
-        let system = ActorSystem::new();
-        system
-            .expose("probe", ProbeActor::default().into_actor())
-            .unwrap();
         let mut config = ServerConfig::default();
         config.stream_replay.max_items = max_items;
         config.stream_replay.max_bytes = max_bytes;
-        let server = trebuchet::transport::tcp::serve(
-            "127.0.0.1:0".parse().unwrap(),
-            system.service(),
-            config,
-        )
-        .await
-        .unwrap();
-        let client = system
-            .connect(Transport::Tcp(server.local_addr().to_string()))
-            .await
-            .unwrap();
-        let probe: ProbeClient = client.actor("probe");
+        let bed = Bed::start_configured(Kind::Tcp, ClientConfig::default(), config).await;
+        let probe = bed.probe();
         let items = tokio::time::timeout(Duration::from_secs(20), async {
             let stream = probe.count_up(1000).await.unwrap();
             stream.map(|item| item.unwrap()).collect::<Vec<u64>>().await

@@ -405,24 +405,16 @@ async fn the_client_reconnects_after_the_server_comes_back() {
 
 #[tokio::test]
 async fn calls_in_flight_when_the_connection_drops_fail_with_unavailable() {
-    let system = ActorSystem::new();
-    system
-        .expose("slow", ProbeActor::default().into_actor())
-        .unwrap();
     let mut server_config = ServerConfig::default();
     server_config.shutdown_grace = Duration::from_millis(50);
-    let server = trebuchet::transport::websocket::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        system.service(),
+    let mut bed = Bed::start_configured(
+        Kind::WebSocketBincode,
+        ClientConfig::default(),
         server_config,
     )
-    .await
-    .unwrap();
-    let client = system
-        .connect(Transport::WebSocket(server.url().into()))
-        .await
-        .unwrap();
-    let slow: ProbeClient = client.actor("slow");
+    .await;
+    let server = bed.server.take().unwrap();
+    let slow: ProbeClient = bed.client.actor("slow");
     let call = tokio::spawn(async move { slow.sleep_ms(2_000).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.shutdown().await;

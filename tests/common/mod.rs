@@ -7,7 +7,9 @@ pub mod fault;
 pub mod proxy;
 
 pub use actors::*;
-use trebuchet::{ActorSystem, Client, ClientConfig, Encoding, ServerHandle, Transport};
+use trebuchet::{
+    ActorSystem, Client, ClientConfig, Encoding, ServerConfig, ServerHandle, Transport,
+};
 
 /// Which transport a test bed uses.
 #[derive(Clone, Copy, Debug)]
@@ -37,7 +39,17 @@ impl Bed {
         Bed::start_with(kind, ClientConfig::default()).await
     }
 
-    pub async fn start_with(kind: Kind, mut config: ClientConfig) -> Bed {
+    pub async fn start_with(kind: Kind, config: ClientConfig) -> Bed {
+        Bed::start_configured(kind, config, ServerConfig::default()).await
+    }
+
+    /// A bed whose client and server (for network transports) have these configurations.
+    pub async fn start_configured(
+        kind: Kind,
+        mut config: ClientConfig,
+        server_config: ServerConfig,
+    ) -> Bed {
+        let address = "127.0.0.1:0".parse().unwrap();
         let system = ActorSystem::new();
         system
             .expose("probe", ProbeActor::default().into_actor())
@@ -56,18 +68,21 @@ impl Bed {
                     Kind::WebSocketJson => Encoding::Json,
                     _ => Encoding::Bincode,
                 };
-                let server = system
-                    .serve_websocket("127.0.0.1:0".parse().unwrap())
-                    .await
-                    .unwrap();
+                let server = trebuchet::transport::websocket::serve(
+                    address,
+                    system.service(),
+                    server_config,
+                )
+                .await
+                .unwrap();
                 let url = server.url().to_owned();
                 (Some(server), Transport::WebSocket(url))
             }
             Kind::Tcp => {
-                let server = system
-                    .serve_tcp("127.0.0.1:0".parse().unwrap())
-                    .await
-                    .unwrap();
+                let server =
+                    trebuchet::transport::tcp::serve(address, system.service(), server_config)
+                        .await
+                        .unwrap();
                 let address = server.local_addr().to_string();
                 (Some(server), Transport::Tcp(address))
             }
