@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 mod binary;
 
+pub(crate) use binary::{Span, StreamItemsWriter};
+
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;

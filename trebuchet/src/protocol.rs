@@ -351,52 +351,25 @@ pub(crate) fn decode_bincode<T: DeserializeOwned>(
     }
 }
 
-/// Encodes many payloads (a stream's items) into shared chunks of memory: one allocation per
-/// chunk instead of one per payload, and copies that cost a reference count (the replay buffer
-/// keeps one of each item). A chunk is freed once no payload in it is left.
-pub(crate) struct PayloadArena {
-    chunk: bytes::BytesMut,
-}
-
-impl PayloadArena {
-    /// The size of a chunk.
-    const CHUNK: usize = 16 * 1024;
-    /// Below this much room left, the next payload starts a new chunk.
-    const MIN_ROOM: usize = 512;
-
-    pub(crate) fn new() -> Self {
-        PayloadArena {
-            chunk: bytes::BytesMut::new(),
+/// Serializes `value` in `encoding` (the bytes of a [`Payload`], as [`Payload::encode`] makes
+/// them) at the end of `out`; if that fails, `out` is left as it was.
+pub(crate) fn encode_payload_into<T: Serialize + ?Sized>(
+    value: &T,
+    encoding: Encoding,
+    out: &mut bytes::BytesMut,
+) -> Result<(), PayloadError> {
+    use bytes::BufMut;
+    let before = out.len();
+    let written = match encoding {
+        Encoding::Json => {
+            serde_json::to_writer((&mut *out).writer(), value).map_err(PayloadError::from)
         }
+        Encoding::Bincode => encode_bincode_into(value, out).map_err(PayloadError::from),
+    };
+    if written.is_err() {
+        out.truncate(before);
     }
-
-    /// Serializes `value` in `encoding` (like [`Payload::encode`]) into the current chunk.
-    pub(crate) fn encode<T: Serialize + ?Sized>(
-        &mut self,
-        value: &T,
-        encoding: Encoding,
-    ) -> Result<Payload, PayloadError> {
-        use bytes::BufMut;
-        if self.chunk.capacity() < Self::MIN_ROOM {
-            self.chunk = bytes::BytesMut::with_capacity(Self::CHUNK);
-        }
-        let written = match encoding {
-            Encoding::Json => {
-                serde_json::to_writer((&mut self.chunk).writer(), value).map_err(PayloadError::from)
-            }
-            Encoding::Bincode => {
-                encode_bincode_into(value, &mut self.chunk).map_err(PayloadError::from)
-            }
-        };
-        if let Err(error) = written {
-            self.chunk.clear();
-            return Err(error);
-        }
-        Ok(Payload {
-            encoding,
-            bytes: self.chunk.split().freeze(),
-        })
-    }
+    written
 }
 
 impl Payload {

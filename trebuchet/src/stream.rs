@@ -8,7 +8,7 @@ use futures_util::stream::{BoxStream, Stream, StreamExt};
 use serde::Serialize;
 
 use crate::actor::ActorError;
-use crate::protocol::{Encoding, Payload, PayloadArena, RemoteError};
+use crate::protocol::{Encoding, Payload, RemoteError, encode_payload_into};
 
 /// A stream of items from an actor: what a `#[stream]` method returns, to its caller as to the
 /// actor that makes it.
@@ -111,15 +111,94 @@ impl RemoteError {
     }
 }
 
-/// A stream of serialized items, as it travels on the wire.
+/// The items of a remote stream as a client receives them, serialized.
 pub type PayloadStream = BoxStream<'static, Result<Payload, RemoteError>>;
+
+/// A stream method's items as a server sends them: each serialized when the server is ready to
+/// send it, straight into the frame that carries it.
+pub struct ItemStream {
+    items: Pin<Box<dyn ItemSource>>,
+    encoding: Encoding,
+}
+
+/// What an [`ItemStream`] hides: a typed stream and the encoding of its items.
+trait ItemSource: Send {
+    /// The next item, serialized at the end of `out` (nothing is appended for an error or the
+    /// end).
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut bytes::BytesMut,
+    ) -> Poll<Option<Result<(), RemoteError>>>;
+}
+
+struct Serialized<T> {
+    items: ActorStream<T>,
+    encoding: Encoding,
+}
+
+impl<T: Serialize + Send + 'static> ItemSource for Serialized<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut bytes::BytesMut,
+    ) -> Poll<Option<Result<(), RemoteError>>> {
+        let encoding = self.encoding;
+        Poll::Ready(match futures_util::ready!(self.items.poll_next_unpin(cx)) {
+            Some(Ok(value)) => Some(encode_payload_into(&value, encoding, out).map_err(|error| {
+                RemoteError::internal(format!("cannot encode a stream item: {error}"))
+            })),
+            Some(Err(error)) => Some(Err(error)),
+            None => None,
+        })
+    }
+}
+
+impl ItemStream {
+    /// The items of `items`, each serialized in `encoding` as it is sent.
+    pub fn new<T: Serialize + Send + 'static>(items: ActorStream<T>, encoding: Encoding) -> Self {
+        ItemStream {
+            items: Box::pin(Serialized { items, encoding }),
+            encoding,
+        }
+    }
+
+    /// A stream with no items.
+    pub fn empty() -> Self {
+        Self::new(
+            ActorStream::<()>::new(futures_util::stream::empty()),
+            Encoding::Bincode,
+        )
+    }
+
+    /// The encoding of the items.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Polls for the next item; when there is one, appends it serialized to `out`. An `Err`
+    /// ends the stream.
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut bytes::BytesMut,
+    ) -> Poll<Option<Result<(), RemoteError>>> {
+        self.items.as_mut().poll_write(cx, out)
+    }
+}
+
+impl fmt::Debug for ItemStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ItemStream")
+    }
+}
 
 /// What a server sends for a call: one value, or a stream of them.
 pub enum Reply {
     /// A method's result (`response`).
     Value(Payload),
     /// A stream method's items (`streamStart`, `streamData`…, then `streamEnd` or `streamError`).
-    Stream(PayloadStream),
+    Stream(ItemStream),
 }
 
 impl fmt::Debug for Reply {
@@ -138,18 +217,7 @@ pub fn encode_stream<T: Serialize + Send + 'static, E: ActorError>(
     encoding: Encoding,
 ) -> Result<Reply, RemoteError> {
     let stream = outcome.map_err(|error| RemoteError::from_actor_error(&error, encoding))?;
-    let mut arena = PayloadArena::new();
-    Ok(Reply::Stream(
-        stream
-            .map(move |item| {
-                item.and_then(|value| {
-                    arena.encode(&value, encoding).map_err(|error| {
-                        RemoteError::internal(format!("cannot encode a stream item: {error}"))
-                    })
-                })
-            })
-            .boxed(),
-    ))
+    Ok(Reply::Stream(ItemStream::new(stream, encoding)))
 }
 
 /// Decodes the items of a remote stream as `T`.

@@ -11,7 +11,7 @@
 //! Reading gives `None` for anything else (an error response, a malformed frame): the caller
 //! then decodes with serde, which reports precisely what is wrong.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::{Encoding, Invocation, Metadata, Payload, Response};
 
@@ -43,38 +43,57 @@ fn varint_size(value: u64) -> usize {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, value: u64) {
+fn put_varint(out: &mut impl BufMut, value: u64) {
     match value {
-        0..=250 => out.push(value as u8),
+        0..=250 => out.put_u8(value as u8),
         251..=0xffff => {
-            out.push(251);
-            out.extend_from_slice(&(value as u16).to_le_bytes());
+            out.put_u8(251);
+            out.put_u16_le(value as u16);
         }
         0x1_0000..=0xffff_ffff => {
-            out.push(252);
-            out.extend_from_slice(&(value as u32).to_le_bytes());
+            out.put_u8(252);
+            out.put_u32_le(value as u32);
         }
         _ => {
-            out.push(253);
-            out.extend_from_slice(&value.to_le_bytes());
+            out.put_u8(253);
+            out.put_u64_le(value);
         }
     }
+}
+
+/// Writes the varint `value` over the `varint_size(value)` bytes of `out` from `at`.
+fn set_varint(out: &mut [u8], at: usize, value: u64) {
+    let mut slot = &mut out[at..at + varint_size(value)];
+    put_varint(&mut slot, value);
+}
+
+/// Makes room for a varint of `value` where one byte was reserved for it, at `at` (moving what
+/// follows), and writes it there. Returns how many bytes were added.
+fn fill_varint(out: &mut BytesMut, at: usize, value: u64) -> usize {
+    let size = varint_size(value);
+    if size > 1 {
+        let end = out.len();
+        out.resize(end + size - 1, 0);
+        out.copy_within(at + 1..end, at + size);
+    }
+    set_varint(out, at, value);
+    size - 1
 }
 
 fn bytes_size(bytes: &[u8]) -> usize {
     varint_size(bytes.len() as u64) + bytes.len()
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+fn put_bytes(out: &mut impl BufMut, bytes: &[u8]) {
     put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
+    out.put_slice(bytes);
 }
 
 fn payload_size(payload: &Payload) -> usize {
     1 + bytes_size(payload.as_bytes())
 }
 
-fn put_payload(out: &mut Vec<u8>, payload: &Payload) {
+fn put_payload(out: &mut impl BufMut, payload: &Payload) {
     put_varint(out, encoding_index(payload.encoding()));
     put_bytes(out, payload.as_bytes());
 }
@@ -138,7 +157,7 @@ pub(super) fn encode_response(response: &Response) -> Option<Bytes> {
 }
 
 /// The binary envelope of consecutive stream items numbered from `first_sequence`: a
-/// `streamBatch` if `batch`, else a `streamData` (of the one item).
+/// `streamBatch`, or (`batch` false) the `streamData` of its one item.
 pub(super) fn encode_stream_items(
     stream_id: &str,
     first_sequence: u64,
@@ -147,27 +166,114 @@ pub(super) fn encode_stream_items(
     batch: bool,
 ) -> Bytes {
     debug_assert!(batch || items.len() == 1, "a streamData carries one item");
-    let common = 1
+    let size = 1
         + bytes_size(stream_id.as_bytes())
         + varint_size(first_sequence)
+        + varint_size(items.len() as u64)
         + items.iter().map(payload_size).sum::<usize>()
         + varint_size(timestamp);
-    let (variant, size) = match batch {
-        false => (STREAM_DATA, common),
-        true => (STREAM_BATCH, common + varint_size(items.len() as u64)),
-    };
-    write_exact(size, |out| {
-        out.push(variant);
+    let mut out = BytesMut::with_capacity(size);
+    let mut writer = StreamItemsWriter::begin(&mut out, stream_id, first_sequence);
+    for item in items {
+        let copied = writer.item(&mut out, item.encoding(), |out| {
+            out.extend_from_slice(item.as_bytes());
+            Ok::<_, std::convert::Infallible>(())
+        });
+        let Ok(_) = copied;
+    }
+    writer.finish(&mut out, timestamp, batch, &mut []);
+    out.freeze()
+}
+
+/// Where an item's payload is in the frame that carries it: `len` bytes from `start`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: u32,
+    pub(crate) len: u32,
+}
+
+/// Writes a binary `streamBatch` (or `streamData`) envelope into a buffer one item at a time,
+/// each item's payload serialized in place: no payload is serialized on its own and then copied
+/// into the envelope. The item count and each payload's length are written once known (one
+/// byte is reserved for each, the size of a count or length below 251; a larger one moves what
+/// follows it).
+pub(crate) struct StreamItemsWriter {
+    /// Where the envelope starts in the buffer.
+    start: usize,
+    /// Where its item count goes.
+    count_at: usize,
+    items: u64,
+}
+
+impl StreamItemsWriter {
+    /// Starts the envelope of items from `first_sequence` of stream `stream_id` at the end of
+    /// `out`.
+    pub(crate) fn begin(out: &mut BytesMut, stream_id: &str, first_sequence: u64) -> Self {
+        let start = out.len();
+        out.reserve(3 + bytes_size(stream_id.as_bytes()) + varint_size(first_sequence));
+        out.put_u8(STREAM_BATCH);
         put_bytes(out, stream_id.as_bytes());
         put_varint(out, first_sequence);
-        if variant == STREAM_BATCH {
-            put_varint(out, items.len() as u64);
+        let count_at = out.len();
+        out.put_u8(0);
+        StreamItemsWriter {
+            start,
+            count_at,
+            items: 0,
         }
-        for item in items {
-            put_payload(out, item);
+    }
+
+    /// Appends an item: a payload in `encoding`, whose bytes `write` appends to `out`. Returns
+    /// where they are, from the start of the envelope; if `write` fails, `out` is left as it was.
+    pub(crate) fn item<E>(
+        &mut self,
+        out: &mut BytesMut,
+        encoding: Encoding,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<Span, E> {
+        let before = out.len();
+        put_varint(out, encoding_index(encoding));
+        let len_at = out.len();
+        out.put_u8(0);
+        if let Err(error) = write(out) {
+            out.truncate(before);
+            return Err(error);
+        }
+        let len = out.len() - len_at - 1;
+        let added = fill_varint(out, len_at, len as u64);
+        self.items += 1;
+        Ok(Span {
+            start: (len_at + 1 + added - self.start) as u32,
+            len: len as u32,
+        })
+    }
+
+    /// Ends the envelope with `timestamp`: a `streamBatch`, or (`batch` false, for one item) a
+    /// `streamData`. `spans` are the items' spans, as [`item`](Self::item) returned them, and are
+    /// moved with the items. The envelope is then the end of `out`, from where it began.
+    pub(crate) fn finish(
+        self,
+        out: &mut BytesMut,
+        timestamp: u64,
+        batch: bool,
+        spans: &mut [Span],
+    ) {
+        let shift = if batch {
+            fill_varint(out, self.count_at, self.items) as i64
+        } else {
+            debug_assert_eq!(self.items, 1, "a streamData carries one item");
+            // No count: the variant, and the item moves up over it.
+            out[self.start] = STREAM_DATA;
+            let end = out.len();
+            out.copy_within(self.count_at + 1..end, self.count_at);
+            out.truncate(end - 1);
+            -1
+        };
+        for span in spans {
+            span.start = (i64::from(span.start) + shift) as u32;
         }
         put_varint(out, timestamp);
-    })
+    }
 }
 
 /// The items of a binary `streamData` or `streamBatch` (the whole of `frame`): the stream id,

@@ -13,19 +13,21 @@ use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::codec::{self, Frame};
+use bytes::{Bytes, BytesMut};
+
+use crate::codec::{self, Frame, Span, StreamItemsWriter};
 use crate::protocol::{
     Encoding, Envelope, Metadata, Payload, RemoteError, STREAM_BATCH_METADATA,
     STREAM_WINDOW_METADATA, StreamEnd, StreamError,
 };
-use crate::stream::PayloadStream;
+use crate::stream::ItemStream;
 
 /// How much of each stream a server keeps for clients that resume it after a reconnect, and for
 /// how long (part of [`crate::ServerConfig`]).
@@ -112,7 +114,11 @@ impl StreamOptions {
 
 /// What happens next on an open stream.
 enum StreamEvent {
-    Data { sequence_number: u64, data: Payload },
+    /// An item, numbered `sequence_number`: its payload is in the pump's envelope, at `span`.
+    Data {
+        sequence_number: u64,
+        span: Span,
+    },
     Failed(RemoteError),
     End,
 }
@@ -124,16 +130,150 @@ enum Terminal {
     Failed(RemoteError),
 }
 
-/// The items last sent on a stream, for replay.
+/// The items last sent on a stream, for replay: the frames they were sent in, and where each
+/// item's payload is in its frame. Keeping an item costs no copy and no reference count.
 struct ReplayBuffer {
-    items: VecDeque<(u64, Instant, Payload)>,
+    /// The frames (for JSON: the runs of payloads serialized together) the kept items are in,
+    /// oldest first.
+    frames: VecDeque<KeptFrame>,
+    /// Where each kept item's payload is in its frame, oldest first: item `first + i` is at
+    /// `spans[i]`. The kept items are always a run of numbers.
+    spans: VecDeque<Span>,
+    /// The number of the oldest kept item.
+    first: u64,
+    /// The bytes of the kept items' payloads.
     bytes: usize,
+}
+
+/// A frame of a [`ReplayBuffer`]: it holds the items from `first_sequence` up to the first item
+/// of the next frame.
+struct KeptFrame {
+    first_sequence: u64,
+    sent: Instant,
+    bytes: Bytes,
+}
+
+impl ReplayBuffer {
+    fn new() -> Self {
+        ReplayBuffer {
+            frames: VecDeque::new(),
+            spans: VecDeque::new(),
+            first: 0,
+            bytes: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// The number of the newest kept item; 0 when none is kept.
+    fn last(&self) -> u64 {
+        match self.spans.len() {
+            0 => 0,
+            len => self.first + len as u64 - 1,
+        }
+    }
+
+    /// The number of the oldest kept item, if any.
+    fn oldest(&self) -> Option<u64> {
+        (!self.spans.is_empty()).then_some(self.first)
+    }
+
+    /// Keeps the items at `spans` of `frame` (numbered from `first_sequence`, sent at `sent`),
+    /// those not kept already.
+    fn push(&mut self, frame: Bytes, first_sequence: u64, spans: &[Span], sent: Instant) {
+        // A replayed item is kept already, unless trimming removed everything since: then it
+        // goes back in, so the buffer stays a run of numbers.
+        let kept = (self.last() + 1).saturating_sub(first_sequence);
+        let Some(new) = usize::try_from(kept)
+            .ok()
+            .and_then(|kept| spans.get(kept..))
+        else {
+            return;
+        };
+        if new.is_empty() {
+            return;
+        }
+        if self.spans.is_empty() {
+            self.first = first_sequence + kept;
+        }
+        self.frames.push_back(KeptFrame {
+            first_sequence: first_sequence + kept,
+            sent,
+            bytes: frame,
+        });
+        for span in new {
+            self.bytes += span.len as usize;
+            self.spans.push_back(*span);
+        }
+    }
+
+    /// Drops the oldest item (and its frame, if no other item is in it).
+    fn pop_oldest(&mut self) {
+        let Some(span) = self.spans.pop_front() else {
+            return;
+        };
+        self.bytes -= span.len as usize;
+        self.first += 1;
+        if self.spans.is_empty() {
+            self.frames.clear();
+        } else if self
+            .frames
+            .get(1)
+            .is_some_and(|next| next.first_sequence <= self.first)
+        {
+            self.frames.pop_front();
+        }
+    }
+
+    /// When the oldest kept item was sent.
+    fn oldest_sent(&self) -> Option<Instant> {
+        self.frames.front().map(|frame| frame.sent)
+    }
+
+    /// The bytes of the kept items after `sequence`.
+    fn bytes_after(&self, sequence: u64) -> usize {
+        let after = self.last().saturating_sub(sequence);
+        self.spans
+            .iter()
+            .rev()
+            .take(usize::try_from(after).unwrap_or(usize::MAX))
+            .map(|span| span.len as usize)
+            .sum()
+    }
+
+    /// The kept items after `sequence`, as payloads in `encoding`.
+    fn payloads_after(&self, sequence: u64, encoding: Encoding) -> VecDeque<(u64, Payload)> {
+        let mut frame = 0;
+        let mut payloads = VecDeque::new();
+        for (number, span) in (self.first..).zip(&self.spans) {
+            while self
+                .frames
+                .get(frame + 1)
+                .is_some_and(|next| next.first_sequence <= number)
+            {
+                frame += 1;
+            }
+            if number <= sequence {
+                continue;
+            }
+            let start = span.start as usize;
+            let bytes = self.frames[frame]
+                .bytes
+                .slice(start..start + span.len as usize);
+            payloads.push_back((number, Payload::from_shared(encoding, bytes)));
+        }
+        payloads
+    }
 }
 
 /// A stream's producer with its numbering and replay buffer: what moves from connection to
 /// connection when a stream is resumed.
 pub(crate) struct Producer {
-    items: PayloadStream,
+    items: ItemStream,
+    /// The encoding of the items' payloads.
+    item_encoding: Encoding,
     /// The sequence number of the last item produced.
     sequence: u64,
     replay: ReplayBuffer,
@@ -159,7 +299,7 @@ pub(crate) struct Producer {
 
 impl Producer {
     fn new(
-        items: PayloadStream,
+        items: ItemStream,
         call_id: u64,
         options: StreamOptions,
         config: Arc<ReplayConfig>,
@@ -171,12 +311,10 @@ impl Producer {
             kept => window.clamp(1, kept as u64),
         });
         Producer {
+            item_encoding: items.encoding(),
             items,
             sequence: 0,
-            replay: ReplayBuffer {
-                items: VecDeque::new(),
-                bytes: 0,
-            },
+            replay: ReplayBuffer::new(),
             to_replay: VecDeque::new(),
             terminal: None,
             original_call_id: call_id,
@@ -199,36 +337,21 @@ impl Producer {
                 && self.unacked_bytes >= self.config.max_bytes)
     }
 
-    /// Counts a new item as unacknowledged (it goes into the replay buffer once it is in an
-    /// envelope, see [`keep`](Self::keep)).
-    fn count_unacknowledged(&mut self, data: &Payload) {
+    /// Counts a new item of `len` bytes as unacknowledged (it goes into the replay buffer with
+    /// its envelope, see [`keep`](Self::keep)).
+    fn count_unacknowledged(&mut self, len: u32) {
         if self.config.max_items > 0 {
-            self.unacked_bytes += data.len();
+            self.unacked_bytes += len as usize;
         }
     }
 
-    /// Moves the items of `run` (numbered from `first`, sent at `now`) into the replay buffer,
-    /// those not already in it, and trims it. The pump calls this once it has put them into an
-    /// envelope: moving them costs nothing, where keeping a copy as they are produced would
-    /// cost a reference count each.
-    fn keep(&mut self, first: u64, run: &mut Vec<Payload>, now: Instant) {
+    /// Keeps the items at `spans` of `frame` (numbered from `first`, sent at `now`) in the
+    /// replay buffer, those not already in it, and trims it.
+    fn keep(&mut self, frame: Bytes, first: u64, spans: &[Span], now: Instant) {
         if self.config.max_items == 0 {
-            run.clear();
             return;
         }
-        // A replayed item is in the buffer already, unless trimming removed it since: then it
-        // goes back in, before the newer ones, so the buffer stays a run of numbers.
-        let kept_up_to = self
-            .replay
-            .items
-            .back()
-            .map_or(0, |(sequence, _, _)| *sequence);
-        for (sequence, data) in (first..).zip(run.drain(..)) {
-            if sequence > kept_up_to {
-                self.replay.bytes += data.len();
-                self.replay.items.push_back((sequence, now, data));
-            }
-        }
+        self.replay.push(frame, first, spans, now);
         self.trim();
     }
 
@@ -236,24 +359,16 @@ impl Producer {
     /// item the client has not acknowledged (the window bounds those: at most `max_items`
     /// items, and `max_bytes` plus one item).
     fn trim(&mut self) {
-        while self.replay.items.len() > self.config.max_items
-            || self.replay.bytes > self.config.max_bytes
+        while self.replay.len() > self.config.max_items || self.replay.bytes > self.config.max_bytes
         {
             let unacknowledged = self
                 .replay
-                .items
-                .front()
-                .is_some_and(|(sequence, _, _)| *sequence > self.acked);
+                .oldest()
+                .is_some_and(|sequence| sequence > self.acked);
             if self.window.is_some() && unacknowledged {
                 break;
             }
-            self.forget_oldest();
-        }
-    }
-
-    fn forget_oldest(&mut self) {
-        if let Some((_, _, data)) = self.replay.items.pop_front() {
-            self.replay.bytes -= data.len();
+            self.replay.pop_oldest();
         }
     }
 
@@ -262,14 +377,7 @@ impl Producer {
         let sequence_number = sequence_number.min(self.sequence);
         if sequence_number > self.acked {
             self.acked = sequence_number;
-            self.unacked_bytes = self
-                .replay
-                .items
-                .iter()
-                .rev()
-                .take_while(|(sequence, _, _)| *sequence > sequence_number)
-                .map(|(_, _, data)| data.len())
-                .sum();
+            self.unacked_bytes = self.replay.bytes_after(sequence_number);
             self.trim();
             if let Some(waker) = self.waiting_for_ack.take() {
                 waker.wake();
@@ -283,31 +391,22 @@ impl Producer {
         let now = Instant::now();
         while self
             .replay
-            .items
-            .front()
-            .is_some_and(|(_, sent, _)| now.duration_since(*sent) > self.config.max_age)
+            .oldest_sent()
+            .is_some_and(|sent| now.duration_since(sent) > self.config.max_age)
         {
-            self.forget_oldest();
+            self.replay.pop_oldest();
         }
         if last_sequence > self.sequence {
             return false;
         }
         self.acknowledge(last_sequence);
-        let oldest_kept = self
-            .replay
-            .items
-            .front()
-            .map_or(self.sequence + 1, |(sequence, _, _)| *sequence);
+        let oldest_kept = self.replay.oldest().unwrap_or(self.sequence + 1);
         if last_sequence + 1 < oldest_kept {
             return false;
         }
         self.to_replay = self
             .replay
-            .items
-            .iter()
-            .filter(|(sequence, _, _)| *sequence > last_sequence)
-            .map(|(sequence, _, data)| (*sequence, data.clone()))
-            .collect();
+            .payloads_after(last_sequence, self.item_encoding);
         true
     }
 }
@@ -315,6 +414,10 @@ impl Producer {
 /// An open stream as a connection polls it: its items, numbered, in batches of what the producer
 /// has ready (at most [`PUMP_BATCH`]); the connection polls it again only once a batch has been
 /// written.
+///
+/// Items are serialized straight into the envelope that carries them (binary frames), or one
+/// after another into one buffer that the envelope is then made from (JSON); either way the
+/// replay buffer keeps what was sent, without a copy.
 ///
 /// When the stream ends, the pump parks it (without the actor's stream, with its replay buffer
 /// and how it ended) in the registry: a client that lost the last items or the end with its
@@ -326,10 +429,22 @@ pub(crate) struct Pump {
     /// `None` once the stream ended, was cancelled or was handed over.
     producer: Option<Box<Producer>>,
     registry: Arc<StreamRegistry>,
-    /// Items not yet in an envelope (consecutive: the producer numbers them), from `run_first`;
-    /// kept between batches for its capacity.
-    run: Vec<Payload>,
-    run_first: u64,
+    /// Where envelopes are written; each one is split off when it is complete, and the rest of
+    /// the chunk is kept for the next.
+    buffer: BytesMut,
+    /// The envelope being filled, if any.
+    run: Option<Run>,
+    /// Where the items of `run` are, from its start; kept between runs for its capacity.
+    spans: Vec<Span>,
+}
+
+/// The envelope a pump is filling with consecutive items.
+struct Run {
+    /// The number of its first item.
+    first: u64,
+    /// The binary envelope being written; `None` for JSON, whose payloads are serialized one
+    /// after another into the buffer, and put into an envelope at the end.
+    writer: Option<StreamItemsWriter>,
 }
 
 impl Pump {
@@ -346,8 +461,9 @@ impl Pump {
             encoding,
             producer: Some(producer),
             registry,
-            run: Vec::new(),
-            run_first: 0,
+            buffer: BytesMut::new(),
+            run: None,
+            spans: Vec::new(),
         }
     }
 
@@ -373,16 +489,38 @@ impl Pump {
     }
 }
 
+/// The size of the chunks envelopes are written in.
+const CHUNK: usize = 16 * 1024;
+/// Below this much room left in the chunk, the next envelope starts a new one.
+const MIN_ROOM: usize = 2 * 1024;
+
 impl Pump {
-    /// The stream's next event. After the end, the caller [`park`](Self::park)s the stream.
+    /// The stream's next event; an item is written into the envelope being filled (one is
+    /// started if need be). After the end, the caller [`park`](Self::park)s the stream.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamEvent>> {
-        let Some(producer) = self.producer.as_mut() else {
+        let Pump {
+            stream_id,
+            encoding,
+            producer,
+            buffer,
+            run,
+            ..
+        } = self;
+        let Some(producer) = producer.as_mut() else {
             return Poll::Ready(None);
         };
+        let item_encoding = producer.item_encoding;
         if let Some((sequence_number, data)) = producer.to_replay.pop_front() {
+            let run =
+                run.get_or_insert_with(|| start_run(buffer, stream_id, *encoding, sequence_number));
+            let span = append_item(run, buffer, item_encoding, |out| {
+                out.extend_from_slice(data.as_bytes());
+                Ok::<_, std::convert::Infallible>(())
+            });
+            let Ok(span) = span;
             return Poll::Ready(Some(StreamEvent::Data {
                 sequence_number,
-                data,
+                span,
             }));
         }
         let terminal = match producer.terminal.clone() {
@@ -395,22 +533,38 @@ impl Pump {
                 producer.waiting_for_ack = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            None => match ready!(producer.items.as_mut().poll_next(cx)) {
-                Some(Ok(data)) => {
-                    producer.sequence += 1;
-                    let sequence_number = producer.sequence;
-                    producer.count_unacknowledged(&data);
-                    return Poll::Ready(Some(StreamEvent::Data {
-                        sequence_number,
-                        data,
-                    }));
+            None => {
+                let sequence_number = producer.sequence + 1;
+                let run = run.get_or_insert_with(|| {
+                    start_run(buffer, stream_id, *encoding, sequence_number)
+                });
+                let mut outcome = Poll::Pending;
+                let written = append_item(run, buffer, item_encoding, |out| {
+                    match producer.items.poll_write(cx, out) {
+                        Poll::Ready(Some(Ok(()))) => Ok(()),
+                        other => {
+                            outcome = other;
+                            Err(())
+                        }
+                    }
+                });
+                match (written, outcome) {
+                    (Ok(span), _) => {
+                        producer.sequence = sequence_number;
+                        producer.count_unacknowledged(span.len);
+                        return Poll::Ready(Some(StreamEvent::Data {
+                            sequence_number,
+                            span,
+                        }));
+                    }
+                    (Err(()), Poll::Ready(Some(Err(error)))) => Terminal::Failed(error),
+                    (Err(()), Poll::Ready(None)) => Terminal::End,
+                    (Err(()), _) => return Poll::Pending,
                 }
-                Some(Err(error)) => Terminal::Failed(error),
-                None => Terminal::End,
-            },
+            }
         };
         // The end: the actor's stream is dropped now.
-        producer.items = futures_util::stream::empty().boxed();
+        producer.items = ItemStream::empty();
         producer.terminal = Some(terminal.clone());
         Poll::Ready(Some(match terminal {
             Terminal::End => StreamEvent::End,
@@ -424,6 +578,37 @@ impl Pump {
     fn park(&mut self) {
         if let Some(producer) = self.producer.take() {
             self.registry.park(self.stream_id.clone(), producer);
+        }
+    }
+}
+
+/// Starts the envelope of items from `first` in `buffer` (empty: the last envelope was split off).
+fn start_run(buffer: &mut BytesMut, stream_id: &str, encoding: Encoding, first: u64) -> Run {
+    if buffer.capacity() < MIN_ROOM {
+        *buffer = BytesMut::with_capacity(CHUNK);
+    }
+    let writer =
+        (encoding == Encoding::Bincode).then(|| StreamItemsWriter::begin(buffer, stream_id, first));
+    Run { first, writer }
+}
+
+/// Appends an item in `item_encoding`, whose payload `write` appends, to `run`; where its
+/// payload is, from the start of the run.
+fn append_item<E>(
+    run: &mut Run,
+    buffer: &mut BytesMut,
+    item_encoding: Encoding,
+    write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+) -> Result<Span, E> {
+    match &mut run.writer {
+        Some(writer) => writer.item(buffer, item_encoding, write),
+        None => {
+            let start = buffer.len();
+            write(buffer)?;
+            Ok(Span {
+                start: start as u32,
+                len: (buffer.len() - start) as u32,
+            })
         }
     }
 }
@@ -443,24 +628,124 @@ pub(crate) struct PumpOutput {
 pub(crate) const PUMP_BATCH: usize = 64;
 
 impl Pump {
-    /// Puts the items collected in `self.run` into one envelope (`streamBatch`, or `streamData`
-    /// for one item or a client that takes no batches) at the end of `frames`, then moves them
-    /// into the replay buffer.
+    /// Completes the envelope being filled (`streamBatch`, or `streamData` for one item or a
+    /// client that takes no batches), puts it at the end of `frames`, and keeps its items in
+    /// the replay buffer.
     fn flush_run(&mut self, frames: &mut Vec<Frame>, now: Instant, timestamp: u64) {
-        if self.run.is_empty() {
+        let Some(run) = self.run.take() else {
+            return;
+        };
+        if self.spans.is_empty() {
+            // Started, but no item came.
+            self.buffer.clear();
             return;
         }
-        frames.push(codec::encode_stream_items(
-            &self.stream_id,
-            self.run_first,
-            &self.run,
-            timestamp,
-            self.encoding,
-        ));
-        match self.producer.as_mut() {
-            Some(producer) => producer.keep(self.run_first, &mut self.run, now),
-            None => self.run.clear(),
+        let frame = match run.writer {
+            Some(writer) => {
+                let batch = self.spans.len() != 1;
+                writer.finish(&mut self.buffer, timestamp, batch, &mut self.spans);
+                let data = self.buffer.split().freeze();
+                frames.push(Frame {
+                    encoding: Encoding::Bincode,
+                    data: data.clone(),
+                });
+                data
+            }
+            None => {
+                let payloads = self.buffer.split().freeze();
+                let item_encoding = self
+                    .producer
+                    .as_ref()
+                    .map_or(self.encoding, |producer| producer.item_encoding);
+                let items: Vec<Payload> = self
+                    .spans
+                    .iter()
+                    .map(|span| {
+                        let start = span.start as usize;
+                        let bytes = payloads.slice(start..start + span.len as usize);
+                        Payload::from_shared(item_encoding, bytes)
+                    })
+                    .collect();
+                frames.push(codec::encode_stream_items(
+                    &self.stream_id,
+                    run.first,
+                    &items,
+                    timestamp,
+                    self.encoding,
+                ));
+                payloads
+            }
+        };
+        if let Some(producer) = self.producer.as_mut() {
+            producer.keep(frame, run.first, &self.spans, now);
         }
+        self.spans.clear();
+    }
+
+    /// The frames of the events ready now, at most `max_items` items; `Pending` if there are
+    /// none, `None` after the end.
+    fn poll_output(&mut self, cx: &mut Context<'_>, max_items: usize) -> Poll<Option<PumpOutput>> {
+        let now = Instant::now();
+        let items_per_envelope = self.producer.as_ref().map_or(1, |producer| producer.batch);
+        let mut output = PumpOutput {
+            call_id: self.call_id,
+            frames: Vec::new(),
+            items: 0,
+            ended: false,
+        };
+        let mut timestamp = None;
+        let mut timestamp = || *timestamp.get_or_insert_with(now_millis);
+        while output.items < max_items {
+            match self.poll_event(cx) {
+                Poll::Ready(Some(StreamEvent::Data {
+                    sequence_number,
+                    span,
+                })) => {
+                    debug_assert_eq!(
+                        self.run
+                            .as_ref()
+                            .map(|run| run.first + self.spans.len() as u64),
+                        Some(sequence_number),
+                        "an envelope's items are consecutive"
+                    );
+                    self.spans.push(span);
+                    output.items += 1;
+                    if self.spans.len() >= items_per_envelope {
+                        self.flush_run(&mut output.frames, now, timestamp());
+                    }
+                }
+                Poll::Ready(Some(last)) => {
+                    self.flush_run(&mut output.frames, now, timestamp());
+                    self.park();
+                    let last = match last {
+                        StreamEvent::Failed(error) => Envelope::StreamError(StreamError {
+                            stream_id: self.stream_id.to_string(),
+                            error,
+                        }),
+                        _ => Envelope::StreamEnd(StreamEnd {
+                            stream_id: self.stream_id.to_string(),
+                        }),
+                    };
+                    output
+                        .frames
+                        .push(codec::encode_or_internal(&last, self.encoding));
+                    output.ended = true;
+                    break;
+                }
+                // Ended (the end was in an earlier batch), or nothing more ready for now.
+                Poll::Ready(None) | Poll::Pending if output.items > 0 => break,
+                Poll::Ready(None) => {
+                    self.flush_run(&mut output.frames, now, 0);
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    self.flush_run(&mut output.frames, now, 0);
+                    return Poll::Pending;
+                }
+            }
+        }
+        self.flush_run(&mut output.frames, now, timestamp());
+        Poll::Ready(Some(output))
     }
 }
 
@@ -468,58 +753,7 @@ impl Stream for Pump {
     type Item = PumpOutput;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PumpOutput>> {
-        let this = &mut *self;
-        let now = Instant::now();
-        let items_per_envelope = this.producer.as_ref().map_or(1, |producer| producer.batch);
-        let mut output = PumpOutput {
-            call_id: this.call_id,
-            frames: Vec::new(),
-            items: 0,
-            ended: false,
-        };
-        let mut timestamp = None;
-        let mut timestamp = || *timestamp.get_or_insert_with(now_millis);
-        while output.items < PUMP_BATCH {
-            match this.poll_event(cx) {
-                Poll::Ready(Some(StreamEvent::Data {
-                    sequence_number,
-                    data,
-                })) => {
-                    if this.run.is_empty() {
-                        this.run_first = sequence_number;
-                    }
-                    this.run.push(data);
-                    output.items += 1;
-                    if this.run.len() >= items_per_envelope {
-                        this.flush_run(&mut output.frames, now, timestamp());
-                    }
-                }
-                Poll::Ready(Some(last)) => {
-                    this.flush_run(&mut output.frames, now, timestamp());
-                    this.park();
-                    let last = match last {
-                        StreamEvent::Failed(error) => Envelope::StreamError(StreamError {
-                            stream_id: this.stream_id.to_string(),
-                            error,
-                        }),
-                        _ => Envelope::StreamEnd(StreamEnd {
-                            stream_id: this.stream_id.to_string(),
-                        }),
-                    };
-                    output
-                        .frames
-                        .push(codec::encode_or_internal(&last, this.encoding));
-                    output.ended = true;
-                    break;
-                }
-                // Ended (the end was in an earlier batch), or nothing more ready for now.
-                Poll::Ready(None) | Poll::Pending if output.items > 0 => break,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        this.flush_run(&mut output.frames, now, timestamp());
-        Poll::Ready(Some(output))
+        self.poll_output(cx, PUMP_BATCH)
     }
 }
 
@@ -625,7 +859,7 @@ impl StreamRegistry {
         stream_id: Arc<str>,
         call_id: u64,
         options: StreamOptions,
-        items: PayloadStream,
+        items: ItemStream,
         handovers: &HandoverSender,
     ) -> Box<Producer> {
         self.attach(stream_id, handovers);
@@ -758,51 +992,69 @@ impl StreamRegistry {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::StreamExt;
+
     use super::*;
+    use crate::ActorStream;
+
+    fn numbers(count: u64, encoding: Encoding) -> ItemStream {
+        ItemStream::new(
+            ActorStream::new(futures_util::stream::iter(1..=count)),
+            encoding,
+        )
+    }
 
     fn producer(count: u64, config: ReplayConfig) -> Box<Producer> {
-        let items = futures_util::stream::iter(1..=count)
-            .map(|n| Ok(Payload::encode(&n, Encoding::Json).unwrap()))
-            .boxed();
         Box::new(Producer::new(
-            items,
+            numbers(count, Encoding::Json),
             1,
             StreamOptions::default(),
             Arc::new(config),
         ))
     }
 
-    /// The pump's next event (one, where polling the pump gives a batch), kept for replay as
-    /// the pump keeps the items it sends.
-    async fn next_event(pump: &mut Pump) -> Option<StreamEvent> {
-        let now = Instant::now();
-        let event = std::future::poll_fn(|cx| pump.poll_event(cx)).await;
-        if let (
-            Some(StreamEvent::Data {
-                sequence_number,
-                data,
-            }),
-            Some(producer),
-        ) = (&event, pump.producer.as_mut())
-        {
-            producer.keep(*sequence_number, &mut vec![data.clone()], now);
-        }
-        event
+    /// The envelopes of the next `max_items` items the pump has ready, decoded.
+    async fn next_envelopes(pump: &mut Pump, max_items: usize) -> Vec<Envelope> {
+        let output = std::future::poll_fn(|cx| pump.poll_output(cx, max_items)).await;
+        output
+            .into_iter()
+            .flat_map(|output| output.frames)
+            .map(|frame| codec::decode(&frame).unwrap())
+            .collect()
     }
 
+    /// The numbers of the next `take` items the pump sends, taken one at a time, and the
+    /// producer.
     async fn sequence_numbers(producer: Box<Producer>, take: usize) -> (Vec<u64>, Box<Producer>) {
         let registry = StreamRegistry::new(ReplayConfig::default());
         let mut pump = Pump::new(Arc::from("s"), 1, Encoding::Json, producer, registry);
         let mut seen = Vec::new();
         for _ in 0..take {
-            match next_event(&mut pump).await {
-                Some(StreamEvent::Data {
-                    sequence_number, ..
-                }) => seen.push(sequence_number),
+            match next_envelopes(&mut pump, 1).await.as_slice() {
+                [Envelope::StreamData(item)] => seen.push(item.sequence_number),
                 _ => break,
             }
         }
         (seen, pump.take_producer().unwrap())
+    }
+
+    /// The items of binary `streamBatch`es and `streamData`s, with their numbers.
+    fn items_of(envelopes: &[Envelope]) -> Vec<(u64, String)> {
+        let mut items = Vec::new();
+        for envelope in envelopes {
+            match envelope {
+                Envelope::StreamBatch(batch) => {
+                    for (number, item) in (batch.first_sequence..).zip(&batch.items) {
+                        items.push((number, item.decode().unwrap()));
+                    }
+                }
+                Envelope::StreamData(item) => {
+                    items.push((item.sequence_number, item.data.decode().unwrap()))
+                }
+                _ => {}
+            }
+        }
+        items
     }
 
     #[tokio::test]
@@ -822,6 +1074,74 @@ mod tests {
                 (100 - PUMP_BATCH, 100 - PUMP_BATCH + 1, true)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn binary_envelopes_carry_the_items_in_place_and_replay_them() {
+        // Items of 0 to 570 bytes: their lengths take one byte or three.
+        let text = |n: u64| "x".repeat(n as usize * 30);
+        let items = ItemStream::new(
+            ActorStream::new(futures_util::stream::iter(1..=20).map(text)),
+            Encoding::Bincode,
+        );
+        let options = StreamOptions {
+            window: None,
+            batch: 8,
+        };
+        let config = Arc::new(ReplayConfig::default());
+        let producer = Box::new(Producer::new(items, 1, options, config));
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        let mut pump = Pump::new(Arc::from("bin"), 1, Encoding::Bincode, producer, registry);
+        let envelopes = next_envelopes(&mut pump, 20).await;
+        let batches: Vec<_> = envelopes
+            .iter()
+            .map(|envelope| match envelope {
+                Envelope::StreamBatch(batch) => (batch.first_sequence, batch.items.len()),
+                other => panic!("expected a batch, got {}", other.kind()),
+            })
+            .collect();
+        assert_eq!(batches, vec![(1, 8), (9, 8), (17, 4)]);
+        let expected: Vec<_> = (1..=20).map(|n| (n, text(n))).collect();
+        assert_eq!(items_of(&envelopes), expected);
+
+        // A resume after item 5 replays 6..=20 from the kept frames, in new envelopes.
+        let mut producer = pump.take_producer().unwrap();
+        assert!(producer.resume_after(5));
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        let mut pump = Pump::new(Arc::from("bin"), 2, Encoding::Bincode, producer, registry);
+        let replayed = next_envelopes(&mut pump, 15).await;
+        assert_eq!(items_of(&replayed), expected[5..].to_vec());
+        // Then the end.
+        let rest = next_envelopes(&mut pump, 15).await;
+        assert!(matches!(rest.as_slice(), [Envelope::StreamEnd(_)]));
+    }
+
+    #[tokio::test]
+    async fn a_lone_item_goes_in_a_stream_data() {
+        let options = StreamOptions {
+            window: None,
+            batch: 8,
+        };
+        let config = Arc::new(ReplayConfig::default());
+        let producer = Box::new(Producer::new(
+            numbers(1, Encoding::Bincode),
+            1,
+            options,
+            config,
+        ));
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        let mut pump = Pump::new(Arc::from("one"), 1, Encoding::Bincode, producer, registry);
+        let envelopes = next_envelopes(&mut pump, 8).await;
+        match envelopes.as_slice() {
+            [Envelope::StreamData(item), Envelope::StreamEnd(_)] => {
+                assert_eq!(item.sequence_number, 1);
+                assert_eq!(item.data.decode::<u64>().unwrap(), 1);
+            }
+            other => panic!(
+                "expected one streamData and the end, got {} envelopes",
+                other.len()
+            ),
+        }
     }
 
     #[tokio::test]
@@ -875,9 +1195,7 @@ mod tests {
     #[tokio::test]
     async fn a_windowed_stream_waits_for_acknowledgements() {
         let registry = StreamRegistry::new(ReplayConfig::default());
-        let items = futures_util::stream::iter(1..=100u64)
-            .map(|n| Ok(Payload::encode(&n, Encoding::Json).unwrap()))
-            .boxed();
+        let items = numbers(100, Encoding::Json);
         let options = StreamOptions {
             window: Some(4),
             batch: 1,
@@ -901,10 +1219,10 @@ mod tests {
         };
         let registry = StreamRegistry::new(config.clone());
         // 40-byte items (a JSON string of 38 characters).
-        let items = futures_util::stream::repeat_with(|| {
-            Ok(Payload::encode(&"x".repeat(38), Encoding::Json).unwrap())
-        })
-        .boxed();
+        let items = ItemStream::new(
+            ActorStream::new(futures_util::stream::repeat_with(|| "x".repeat(38))),
+            Encoding::Json,
+        );
         let options = StreamOptions {
             window: Some(1000),
             batch: 1,
@@ -978,7 +1296,7 @@ mod tests {
             Arc::from("c"),
             1,
             StreamOptions::default(),
-            futures_util::stream::empty().boxed(),
+            ItemStream::empty(),
             &handovers,
         );
         let owner = tokio::spawn(async move {
