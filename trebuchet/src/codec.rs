@@ -14,12 +14,13 @@ use std::sync::Arc;
 
 mod binary;
 
-pub(crate) use binary::{Span, StreamItemsWriter};
+pub(crate) use binary::{Span, StreamItemsWriter, next_stream_item};
 
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
+use crate::stream::PayloadBatch;
 use crate::protocol::{
     Cancel, Encoding, Envelope, Invocation, Metadata, Payload, RemoteError, Response, StreamAck,
     StreamBatch, StreamData, StreamEnd, StreamError, StreamResume, StreamStart, decode_bincode,
@@ -569,11 +570,11 @@ binary_envelope! {
 /// copying them out of their frame, or any other envelope.
 pub(crate) enum Incoming<'a> {
     /// A `streamData` or a `streamBatch`: the stream id (borrowed from a binary frame), the
-    /// sequence number of the first item, and the items (sharing the frame's bytes).
+    /// sequence number of the first item, and the items (left in a binary frame).
     StreamItems {
         stream_id: Cow<'a, str>,
         first_sequence: u64,
-        items: Vec<Payload>,
+        items: PayloadBatch,
     },
     /// Any other envelope.
     Envelope(Envelope),
@@ -612,12 +613,12 @@ pub(crate) fn decode_incoming(frame: &Frame) -> Result<Incoming<'_>, DecodeError
         Envelope::StreamData(item) => Incoming::StreamItems {
             stream_id: Cow::Owned(item.stream_id.to_string()),
             first_sequence: item.sequence_number,
-            items: vec![item.data],
+            items: PayloadBatch::from(vec![item.data]),
         },
         Envelope::StreamBatch(batch) => Incoming::StreamItems {
             stream_id: Cow::Owned(batch.stream_id.to_string()),
             first_sequence: batch.first_sequence,
-            items: batch.items,
+            items: PayloadBatch::from(batch.items),
         },
         envelope => Incoming::Envelope(envelope),
     })
@@ -792,6 +793,7 @@ mod tests {
                 else {
                     panic!("not read as stream items");
                 };
+                let items: Vec<Payload> = items.collect();
                 assert_eq!(
                     (&*read_id, first_sequence, &items),
                     (&*stream_id, 300, &expected)

@@ -40,7 +40,7 @@ use crate::protocol::{
     CallIdMap, Cancel, Encoding, Envelope, ErrorCode, Payload, RemoteError, Response,
     STREAM_BATCH_METADATA, STREAM_WINDOW_METADATA, StreamAck, StreamResume,
 };
-use crate::stream::{PayloadStream, StreamGap};
+use crate::stream::{PayloadBatch, PayloadStream, StreamGap};
 use crate::transport::{FrameError, FrameIo};
 
 type Outcome = Result<Payload, RemoteError>;
@@ -70,7 +70,7 @@ enum StreamItem {
     /// Consecutive items, numbered from `first_sequence`.
     Items {
         first_sequence: u64,
-        items: Vec<Payload>,
+        items: PayloadBatch,
     },
     /// Items were missed before the next one (the stream goes on).
     Gap(StreamGap),
@@ -209,7 +209,7 @@ impl StreamTable {
         &self,
         stream_id: &str,
         first_sequence: u64,
-        mut items: Vec<Payload>,
+        mut items: PayloadBatch,
     ) -> Option<Backlog> {
         let last = (items.len() as u64)
             .checked_sub(1)
@@ -224,7 +224,7 @@ impl StreamTable {
             .last_routed
             .saturating_sub(first_sequence.saturating_sub(1));
         let first_sequence = first_sequence + seen;
-        items.drain(..seen as usize);
+        items.skip_items(seen as usize);
         let gap = (first_sequence != route.last_routed + 1).then(|| {
             StreamItem::Gap(StreamGap {
                 last_sequence: route.last_routed,
@@ -674,9 +674,9 @@ struct StreamConsumer<Io: FrameIo + 'static> {
     /// The stream's id on the server, as of the items being taken (what acks name: items taken
     /// before a restart are acknowledged to the old stream, which ignores it).
     stream_id: String,
-    /// Items received together and not taken yet, and the number of the first of them.
-    pending: std::vec::IntoIter<Payload>,
-    pending_sequence: u64,
+    /// An event taken from the channel by [`take_received`](Self::take_received) that needs
+    /// [`next`](Self::next) (an acknowledgement is due, or it is not items).
+    stashed: Option<StreamItem>,
     /// How many items to take between acknowledgements: a quarter of the window, less once the
     /// server has been seen to wait for acknowledgements sooner (see [`IDLE_ACK_DELAY`]).
     ack_every: u64,
@@ -699,62 +699,67 @@ const IDLE_ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 const MIN_ACK_EVERY: u64 = 16;
 
 impl<Io: FrameIo + 'static> StreamConsumer<Io> {
-    /// The next item received already, if taking it needs nothing else (no acknowledgement is
-    /// due): what most items of a flowing stream are, taken without a future.
-    fn take_received(&mut self) -> Option<Payload> {
-        if self.pending.len() == 0 || self.pending_sequence >= self.acked + self.ack_every {
+    /// The next items received already, if taking them needs nothing else (no acknowledgement
+    /// is due): what most batches of a flowing stream are, taken without a future.
+    fn take_received(&mut self) -> Option<PayloadBatch> {
+        if self.done || self.stashed.is_some() {
             return None;
         }
-        let data = self.pending.next()?;
-        self.taken = self.pending_sequence;
-        self.pending_sequence += 1;
-        Some(data)
+        match self.items.try_recv().ok()? {
+            StreamItem::Items {
+                first_sequence,
+                items,
+            } if first_sequence + (items.len() as u64) <= self.acked + self.ack_every => {
+                self.taken = first_sequence + items.len() as u64 - 1;
+                Some(items)
+            }
+            other => {
+                self.stashed = Some(other);
+                None
+            }
+        }
     }
 
-    async fn next(&mut self) -> Option<Result<Payload, RemoteError>> {
+    async fn next(&mut self) -> Option<Result<PayloadBatch, RemoteError>> {
         if self.done {
             return None;
         }
-        loop {
-            if let Some(data) = self.pending.next() {
-                self.taken = self.pending_sequence;
-                self.pending_sequence += 1;
+        let item = match self.stashed.take() {
+            Some(item) => Some(item),
+            None => self.next_item().await,
+        };
+        let (item, done) = match item {
+            Some(StreamItem::Items {
+                first_sequence,
+                items,
+            }) => {
+                self.taken = first_sequence + items.len() as u64 - 1;
                 if self.taken >= self.acked + self.ack_every {
                     self.acknowledge().await;
                 }
-                return Some(Ok(data));
+                return Some(Ok(items));
             }
-            let (item, done) = match self.next_item().await {
-                Some(StreamItem::Items {
-                    first_sequence,
-                    items,
-                }) => {
-                    self.pending = items.into_iter();
-                    self.pending_sequence = first_sequence;
-                    continue;
-                }
-                Some(StreamItem::Gap(gap)) => (Some(Err(gap.into_error())), false),
-                Some(StreamItem::Restarted { gap, stream_id }) => {
-                    (self.taken, self.acked) = (0, 0);
-                    self.stream_id = stream_id;
-                    (Some(Err(gap.into_error())), false)
-                }
-                Some(StreamItem::End) => {
-                    // Tells the server we have it all: it need not keep the ended stream for us.
-                    self.acknowledge().await;
-                    (None, true)
-                }
-                Some(StreamItem::Failed(error)) => (Some(Err(error)), true),
-                None => (
-                    Some(Err(RemoteError::unavailable(
-                        "the connection was lost before the stream ended and could not be re-established",
-                    ))),
-                    true,
-                ),
-            };
-            self.done = done;
-            return item;
-        }
+            Some(StreamItem::Gap(gap)) => (Some(Err(gap.into_error())), false),
+            Some(StreamItem::Restarted { gap, stream_id }) => {
+                (self.taken, self.acked) = (0, 0);
+                self.stream_id = stream_id;
+                (Some(Err(gap.into_error())), false)
+            }
+            Some(StreamItem::End) => {
+                // Tells the server we have it all: it need not keep the ended stream for us.
+                self.acknowledge().await;
+                (None, true)
+            }
+            Some(StreamItem::Failed(error)) => (Some(Err(error)), true),
+            None => (
+                Some(Err(RemoteError::unavailable(
+                    "the connection was lost before the stream ended and could not be re-established",
+                ))),
+                true,
+            ),
+        };
+        self.done = done;
+        item
     }
 
     /// Tells the server the items taken so far (best effort: a lost ack is made up for by the
@@ -845,7 +850,7 @@ async fn next_from_links<Io: FrameIo + 'static>(
 
 /// What comes next from a consumer that had nothing ready: it is lent to this future meanwhile.
 type NextFromLink<Io> =
-    BoxFuture<'static, (Option<Result<Payload, RemoteError>>, StreamConsumer<Io>)>;
+    BoxFuture<'static, (Option<Result<PayloadBatch, RemoteError>>, StreamConsumer<Io>)>;
 
 /// A [`StreamConsumer`] as the caller's stream: items already received are handed out as they
 /// are; for the rest (reading the link, acknowledging, the end) the consumer is lent to a future.
@@ -856,7 +861,7 @@ struct ConsumerStream<Io: FrameIo + 'static> {
 }
 
 impl<Io: FrameIo + 'static> futures_util::Stream for ConsumerStream<Io> {
-    type Item = Result<Payload, RemoteError>;
+    type Item = Result<PayloadBatch, RemoteError>;
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
@@ -864,9 +869,9 @@ impl<Io: FrameIo + 'static> futures_util::Stream for ConsumerStream<Io> {
     ) -> std::task::Poll<Option<Self::Item>> {
         let this = &mut *self;
         if let Some(consumer) = this.consumer.as_mut()
-            && let Some(data) = consumer.take_received()
+            && let Some(items) = consumer.take_received()
         {
-            return std::task::Poll::Ready(Some(Ok(data)));
+            return std::task::Poll::Ready(Some(Ok(items)));
         }
         let waiting = match &mut this.waiting {
             Some(waiting) => waiting,
@@ -1137,8 +1142,7 @@ impl<C: Connector> Multiplexed<C> {
                     taken: 0,
                     acked: 0,
                     stream_id,
-                    pending: Vec::new().into_iter(),
-                    pending_sequence: 0,
+                    stashed: None,
                     ack_every: self.streams.ack_interval(),
                 };
                 Ok(ConsumerStream {
@@ -1358,11 +1362,11 @@ async fn reconnect<C: Connector>(
 mod tests {
     use super::*;
 
-    fn numbers(first: u64, count: u64) -> (u64, Vec<Payload>) {
-        let items = (first..first + count)
+    fn numbers(first: u64, count: u64) -> (u64, PayloadBatch) {
+        let items: Vec<Payload> = (first..first + count)
             .map(|n| Payload::encode(&n, Encoding::Bincode).unwrap())
             .collect();
-        (first, items)
+        (first, items.into())
     }
 
     /// What the consumer of `items` has been given so far: item numbers, and gaps as `None`.
@@ -1371,7 +1375,7 @@ mod tests {
         while let Ok(event) = items.try_recv() {
             match event {
                 StreamItem::Items { items, .. } => {
-                    seen.extend(items.iter().map(|item| Some(item.decode::<u64>().unwrap())))
+                    seen.extend(items.map(|item| Some(item.decode::<u64>().unwrap())))
                 }
                 StreamItem::Gap(_) => seen.push(None),
                 _ => panic!("unexpected stream event"),
@@ -1399,7 +1403,7 @@ mod tests {
         assert!(route(numbers(8, 2)).is_none());
         // Another stream's items, and an empty run, go nowhere.
         assert!(table.route("t", 10, numbers(10, 1).1).is_none());
-        assert!(route((10, Vec::new())).is_none());
+        assert!(route((10, Vec::new().into())).is_none());
         // A run whose numbering would overflow is refused.
         assert!(route((u64::MAX, numbers(1, 2).1)).is_none());
         let expected: Vec<Option<u64>> = [1, 2, 3, 4, 5]

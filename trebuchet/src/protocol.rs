@@ -372,6 +372,26 @@ pub(crate) fn encode_payload_into<T: Serialize + ?Sized>(
     written
 }
 
+/// Deserializes `bytes`, a payload in `encoding` that lies in `source`: [`crate::SharedBytes`]
+/// in it (in bincode) share `source`'s memory.
+pub(crate) fn decode_payload<T: DeserializeOwned>(
+    encoding: Encoding,
+    bytes: &[u8],
+    source: &bytes::Bytes,
+) -> Result<T, PayloadError> {
+    match encoding {
+        Encoding::Json => Ok(serde_json::from_slice(bytes)?),
+        Encoding::Bincode => {
+            let (value, read) =
+                crate::shared_bytes::decoding_from(source, || decode_bincode(bytes))?;
+            if read != bytes.len() {
+                return Err(PayloadError::TrailingBytes(bytes.len() - read));
+            }
+            Ok(value)
+        }
+    }
+}
+
 impl Payload {
     /// Serializes `value` in `encoding`.
     pub fn encode<T: Serialize + ?Sized>(
@@ -403,18 +423,7 @@ impl Payload {
     ///
     /// [`SharedBytes`](crate::SharedBytes) in it (in bincode) share the payload's bytes.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
-        match self.encoding {
-            Encoding::Json => Ok(serde_json::from_slice(&self.bytes)?),
-            Encoding::Bincode => {
-                let (value, read) = crate::shared_bytes::decoding_from(&self.bytes, || {
-                    decode_bincode(&self.bytes)
-                })?;
-                if read != self.bytes.len() {
-                    return Err(PayloadError::TrailingBytes(self.bytes.len() - read));
-                }
-                Ok(value)
-            }
-        }
+        decode_payload(self.encoding, &self.bytes, &self.bytes)
     }
 
     /// A payload of `bytes` already encoded in `encoding` (not checked until decoded).

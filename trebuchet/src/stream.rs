@@ -4,11 +4,18 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::marker::PhantomData;
+
+use bytes::Bytes;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::actor::ActorError;
-use crate::protocol::{Encoding, Payload, RemoteError, encode_payload_into};
+use crate::codec::{self, Span};
+use crate::protocol::{
+    Encoding, Payload, PayloadError, RemoteError, decode_payload, encode_payload_into,
+};
 
 /// A stream of items from an actor: what a `#[stream]` method returns, to its caller as to the
 /// actor that makes it.
@@ -111,8 +118,122 @@ impl RemoteError {
     }
 }
 
-/// The items of a remote stream as a client receives them, serialized.
-pub type PayloadStream = BoxStream<'static, Result<Payload, RemoteError>>;
+/// The items of a remote stream as a client receives them: serialized, in the batches they
+/// arrived in.
+pub type PayloadStream = BoxStream<'static, Result<PayloadBatch, RemoteError>>;
+
+/// Consecutive items of a remote stream that arrived together, still serialized: what a
+/// [`PayloadStream`] yields. Items of a binary frame are read where they are in it, without a
+/// [`Payload`] each; as an iterator, it gives each item as a [`Payload`].
+pub struct PayloadBatch {
+    items: BatchItems,
+}
+
+enum BatchItems {
+    /// `left` items in a binary frame, the next one at `at` (checked when the frame was read).
+    InFrame {
+        frame: Bytes,
+        at: usize,
+        left: usize,
+    },
+    Payloads(std::vec::IntoIter<Payload>),
+}
+
+impl PayloadBatch {
+    /// The `count` items from `at` of a binary stream frame that
+    /// `codec::binary::decode_stream_items` accepted.
+    pub(crate) fn in_frame(frame: Bytes, at: usize, count: usize) -> Self {
+        PayloadBatch {
+            items: BatchItems::InFrame {
+                frame,
+                at,
+                left: count,
+            },
+        }
+    }
+
+    /// How many items are left.
+    pub fn len(&self) -> usize {
+        match &self.items {
+            BatchItems::InFrame { left, .. } => *left,
+            BatchItems::Payloads(payloads) => payloads.len(),
+        }
+    }
+
+    /// Whether no item is left.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next item in a frame: its encoding and bytes.
+    fn next_in_frame(frame: &Bytes, at: &mut usize, left: &mut usize) -> Option<(Encoding, Span)> {
+        if *left == 0 {
+            return None;
+        }
+        let item = codec::next_stream_item(frame, at);
+        *left = if item.is_some() { *left - 1 } else { 0 };
+        item
+    }
+
+    /// Drops the next `count` items.
+    pub(crate) fn skip_items(&mut self, count: usize) {
+        for _ in 0..count {
+            if self.next().is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Deserializes the next item as a `T` ([`crate::SharedBytes`] in it share the frame it
+    /// came in); `None` when no item is left.
+    pub fn decode_next<T: DeserializeOwned>(&mut self) -> Option<Result<T, PayloadError>> {
+        match &mut self.items {
+            BatchItems::InFrame { frame, at, left } => {
+                let (encoding, span) = Self::next_in_frame(frame, at, left)?;
+                let start = span.start as usize;
+                let bytes = &frame[start..start + span.len as usize];
+                Some(decode_payload(encoding, bytes, frame))
+            }
+            BatchItems::Payloads(payloads) => payloads.next().map(|payload| payload.decode()),
+        }
+    }
+}
+
+impl From<Vec<Payload>> for PayloadBatch {
+    fn from(payloads: Vec<Payload>) -> Self {
+        PayloadBatch {
+            items: BatchItems::Payloads(payloads.into_iter()),
+        }
+    }
+}
+
+impl Iterator for PayloadBatch {
+    type Item = Payload;
+
+    fn next(&mut self) -> Option<Payload> {
+        match &mut self.items {
+            BatchItems::InFrame { frame, at, left } => {
+                let (encoding, span) = Self::next_in_frame(frame, at, left)?;
+                let start = span.start as usize;
+                let bytes = frame.slice(start..start + span.len as usize);
+                Some(Payload::from_shared(encoding, bytes))
+            }
+            BatchItems::Payloads(payloads) => payloads.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.len(), Some(self.len()))
+    }
+}
+
+impl fmt::Debug for PayloadBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PayloadBatch")
+            .field("len", &self.len())
+            .finish()
+    }
+}
 
 /// A stream method's items as a server sends them: each serialized when the server is ready to
 /// send it, straight into the frame that carries it.
@@ -221,14 +342,38 @@ pub fn encode_stream<T: Serialize + Send + 'static, E: ActorError>(
 }
 
 /// Decodes the items of a remote stream as `T`.
-pub(crate) fn decode_stream<T: serde::de::DeserializeOwned + Send + 'static>(
-    payloads: PayloadStream,
+pub(crate) fn decode_stream<T: DeserializeOwned + Send + 'static>(
+    batches: PayloadStream,
 ) -> ActorStream<T> {
-    ActorStream::from_results(payloads.map(|item| {
-        item.and_then(|payload| {
-            payload.decode().map_err(|error| {
-                RemoteError::internal(format!("cannot decode a stream item: {error}"))
-            })
-        })
-    }))
+    ActorStream::from_results(Decoded {
+        batches,
+        batch: None,
+        item: PhantomData,
+    })
+}
+
+/// A remote stream's items, deserialized from their batches one at a time.
+struct Decoded<T> {
+    batches: PayloadStream,
+    batch: Option<PayloadBatch>,
+    item: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Stream for Decoded<T> {
+    type Item = Result<T, RemoteError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(item) = self.batch.as_mut().and_then(PayloadBatch::decode_next::<T>) {
+                return Poll::Ready(Some(item.map_err(|error| {
+                    RemoteError::internal(format!("cannot decode a stream item: {error}"))
+                })));
+            }
+            match futures_util::ready!(self.batches.poll_next_unpin(cx)) {
+                Some(Ok(batch)) => self.batch = Some(batch),
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
 }

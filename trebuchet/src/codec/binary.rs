@@ -14,6 +14,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::{Encoding, Invocation, Metadata, Payload, Response};
+use crate::stream::PayloadBatch;
 
 use super::InvocationRef;
 
@@ -277,8 +278,8 @@ impl StreamItemsWriter {
 }
 
 /// The items of a binary `streamData` or `streamBatch` (the whole of `frame`): the stream id,
-/// the sequence number of the first item, and the items, sharing the frame's bytes.
-pub(super) fn decode_stream_items(frame: &Bytes) -> Option<(&str, u64, Vec<Payload>)> {
+/// the sequence number of the first item, and the items, left where they are in the frame.
+pub(super) fn decode_stream_items(frame: &Bytes) -> Option<(&str, u64, PayloadBatch)> {
     let mut reader = Reader { rest: frame };
     let batch = match reader.u8()? {
         STREAM_DATA => false,
@@ -287,24 +288,40 @@ pub(super) fn decode_stream_items(frame: &Bytes) -> Option<(&str, u64, Vec<Paylo
     };
     let stream_id = reader.str()?;
     let first_sequence = reader.varint()?;
-    let items = if batch {
-        let count = usize::try_from(reader.varint()?).ok()?;
-        // Each item takes at least two bytes: a lying count is refused before allocating.
-        if count > reader.rest.len() / 2 {
-            return None;
-        }
-        let mut items = Vec::with_capacity(count);
-        for _ in 0..count {
-            items.push(reader.payload(frame)?);
-        }
-        items
-    } else {
-        vec![reader.payload(frame)?]
+    let count = match batch {
+        true => usize::try_from(reader.varint()?).ok()?,
+        false => 1,
     };
+    let items_at = frame.len() - reader.rest.len();
+    for _ in 0..count {
+        reader.encoding()?;
+        reader.bytes()?;
+    }
     let _timestamp = reader.varint()?;
-    reader
-        .finished()
-        .then_some((stream_id, first_sequence, items))
+    reader.finished().then(|| {
+        let items = PayloadBatch::in_frame(frame.clone(), items_at, count);
+        (stream_id, first_sequence, items)
+    })
+}
+
+/// The item at `*at` of a frame [`decode_stream_items`] accepted: its encoding, and where its
+/// payload is. Moves `at` to the next item.
+pub(crate) fn next_stream_item(frame: &[u8], at: &mut usize) -> Option<(Encoding, Span)> {
+    let mut reader = Reader {
+        rest: frame.get(*at..)?,
+    };
+    let encoding = reader.encoding()?;
+    let len = reader.varint()?;
+    let start = frame.len() - reader.rest.len();
+    reader.take(usize::try_from(len).ok()?)?;
+    *at = frame.len() - reader.rest.len();
+    Some((
+        encoding,
+        Span {
+            start: start as u32,
+            len: len as u32,
+        },
+    ))
 }
 
 /// Reads a frame from the front.
@@ -545,7 +562,8 @@ mod tests {
     fn read_by_hand(bytes: &Bytes) -> Option<Envelope> {
         match bytes.first() {
             Some(&STREAM_DATA | &STREAM_BATCH) => {
-                let (stream_id, first_sequence, mut items) = decode_stream_items(bytes)?;
+                let (stream_id, first_sequence, items) = decode_stream_items(bytes)?;
+                let mut items: Vec<Payload> = items.collect();
                 Some(if bytes[0] == STREAM_DATA {
                     Envelope::StreamData(StreamData {
                         stream_id: stream_id.into(),
