@@ -20,12 +20,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use crate::stream::PayloadBatch;
 use crate::protocol::{
     Cancel, Encoding, Envelope, Invocation, Metadata, Payload, RemoteError, Response, StreamAck,
     StreamBatch, StreamData, StreamEnd, StreamError, StreamResume, StreamStart, decode_bincode,
     encode_bincode,
 };
+use crate::stream::PayloadBatch;
 
 /// One transport message: the bytes of one envelope and how they are encoded.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -849,8 +849,13 @@ async fn next_from_links<Io: FrameIo + 'static>(
 }
 
 /// What comes next from a consumer that had nothing ready: it is lent to this future meanwhile.
-type NextFromLink<Io> =
-    BoxFuture<'static, (Option<Result<PayloadBatch, RemoteError>>, StreamConsumer<Io>)>;
+type NextFromLink<Io> = BoxFuture<
+    'static,
+    (
+        Option<Result<PayloadBatch, RemoteError>>,
+        StreamConsumer<Io>,
+    ),
+>;
 
 /// A [`StreamConsumer`] as the caller's stream: items already received are handed out as they
 /// are; for the rest (reading the link, acknowledging, the end) the consumer is lent to a future.

@@ -175,7 +175,8 @@ fn share_or_copy(data: &[u8]) -> Bytes {
             );
             let at = data.as_ptr() as usize;
             if start <= at && at + data.len() <= end {
-                return source.slice_ref(data);
+                let offset = at - start;
+                return source.slice(offset..offset + data.len());
             }
         }
         Bytes::copy_from_slice(data)

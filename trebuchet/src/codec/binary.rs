@@ -70,6 +70,7 @@ fn set_varint(out: &mut [u8], at: usize, value: u64) {
 
 /// Makes room for a varint of `value` where one byte was reserved for it, at `at` (moving what
 /// follows), and writes it there. Returns how many bytes were added.
+#[cold]
 fn fill_varint(out: &mut BytesMut, at: usize, value: u64) -> usize {
     let size = varint_size(value);
     if size > 1 {
@@ -233,7 +234,8 @@ impl StreamItemsWriter {
         write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
     ) -> Result<Span, E> {
         let before = out.len();
-        put_varint(out, encoding_index(encoding));
+        // (An encoding's index is one byte.)
+        out.put_u8(encoding_index(encoding) as u8);
         let len_at = out.len();
         out.put_u8(0);
         if let Err(error) = write(out) {
@@ -241,7 +243,13 @@ impl StreamItemsWriter {
             return Err(error);
         }
         let len = out.len() - len_at - 1;
-        let added = fill_varint(out, len_at, len as u64);
+        let added = match len {
+            0..=250 => {
+                out[len_at] = len as u8;
+                0
+            }
+            _ => fill_varint(out, len_at, len as u64),
+        };
         self.items += 1;
         Ok(Span {
             start: (len_at + 1 + added - self.start) as u32,
@@ -307,6 +315,22 @@ pub(super) fn decode_stream_items(frame: &Bytes) -> Option<(&str, u64, PayloadBa
 /// The item at `*at` of a frame [`decode_stream_items`] accepted: its encoding, and where its
 /// payload is. Moves `at` to the next item.
 pub(crate) fn next_stream_item(frame: &[u8], at: &mut usize) -> Option<(Encoding, Span)> {
+    // The usual item: a known encoding and a length below 251, one byte each.
+    let start = *at + 2;
+    if let Some(&[index @ 0..=1, len @ 0..=250]) = frame.get(*at..start)
+        && start + len as usize <= frame.len()
+    {
+        *at = start + len as usize;
+        let encoding = match index {
+            0 => Encoding::Json,
+            _ => Encoding::Bincode,
+        };
+        let span = Span {
+            start: start as u32,
+            len: u32::from(len),
+        };
+        return Some((encoding, span));
+    }
     let mut reader = Reader {
         rest: frame.get(*at..)?,
     };

@@ -211,14 +211,26 @@ impl ReplayBuffer {
 
     /// Drops the oldest item (and its frame, if no other item is in it).
     fn pop_oldest(&mut self) {
-        let Some(span) = self.spans.pop_front() else {
+        self.pop_oldest_n(1);
+    }
+
+    /// Drops the `count` oldest items (and the frames no other item is in).
+    fn pop_oldest_n(&mut self, count: usize) {
+        let count = count.min(self.spans.len());
+        if count == 0 {
             return;
-        };
-        self.bytes -= span.len as usize;
-        self.first += 1;
+        }
+        self.bytes -= self
+            .spans
+            .drain(..count)
+            .map(|span| span.len as usize)
+            .sum::<usize>();
+        self.first += count as u64;
         if self.spans.is_empty() {
             self.frames.clear();
-        } else if self
+            return;
+        }
+        while self
             .frames
             .get(1)
             .is_some_and(|next| next.first_sequence <= self.first)
@@ -359,15 +371,19 @@ impl Producer {
     /// item the client has not acknowledged (the window bounds those: at most `max_items`
     /// items, and `max_bytes` plus one item).
     fn trim(&mut self) {
-        while self.replay.len() > self.config.max_items || self.replay.bytes > self.config.max_bytes
-        {
-            let unacknowledged = self
-                .replay
-                .oldest()
-                .is_some_and(|sequence| sequence > self.acked);
-            if self.window.is_some() && unacknowledged {
-                break;
-            }
+        // With flow control, only items the client has acknowledged may go.
+        let removable = |replay: &ReplayBuffer| match self.window {
+            Some(_) => usize::try_from((self.acked + 1).saturating_sub(replay.first))
+                .unwrap_or(usize::MAX)
+                .min(replay.len()),
+            None => replay.len(),
+        };
+        // Over the count (a stream that flows: one or a few items per envelope sent), at once.
+        let over = self.replay.len().saturating_sub(self.config.max_items);
+        let count = over.min(removable(&self.replay));
+        self.replay.pop_oldest_n(count);
+        // Over the bytes, one at a time.
+        while self.replay.bytes > self.config.max_bytes && removable(&self.replay) > 0 {
             self.replay.pop_oldest();
         }
     }
