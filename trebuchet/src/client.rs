@@ -105,8 +105,10 @@ pub struct ClientConfig {
     pub connections: usize,
     /// Reconnection after a lost connection.
     pub reconnect: ReconnectPolicy,
-    /// How many items of one stream the server may send ahead of the consumer (default 1024;
+    /// How many items of one stream the server may send ahead of the consumer (default 4096;
     /// the server may allow fewer: the client then acknowledges sooner, see docs/PROTOCOL.md).
+    /// The server also holds the bytes sent ahead to its replay buffer's `max_bytes` (1 MiB by
+    /// default), so a window of large items is bounded in memory too.
     /// The client acknowledges every quarter window taken and keeps
     /// up to a window of items per stream: more lets a fast stream flow with fewer pauses, less
     /// bounds memory per stream and the items a reconnect must replay.
@@ -140,7 +142,7 @@ impl Default for ClientConfig {
             max_in_flight: 1024,
             connections: 1,
             reconnect: ReconnectPolicy::default(),
-            stream_window: 1024,
+            stream_window: 4096,
             metadata: Metadata::new(),
         }
     }

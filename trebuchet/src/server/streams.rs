@@ -44,7 +44,7 @@ use crate::stream::ItemStream;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ReplayConfig {
-    /// The most items kept per stream (default 1024). 0 turns resumption off: a resumed stream
+    /// The most items kept per stream (default 4096). 0 turns resumption off: a resumed stream
     /// is always restarted.
     pub max_items: usize,
     /// The most bytes of items kept per stream (default 1 MiB).
@@ -66,7 +66,7 @@ pub struct ReplayConfig {
 impl Default for ReplayConfig {
     fn default() -> Self {
         ReplayConfig {
-            max_items: 1024,
+            max_items: 4096,
             max_bytes: 1024 * 1024,
             max_age: Duration::from_secs(30),
             detached_timeout: Duration::from_secs(30),
