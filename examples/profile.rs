@@ -18,7 +18,7 @@
 //! * `rpc`: sequential `echo` calls of 64 bytes over TCP (what `benches/tcp_rpc.rs` measures);
 //! * `raw`: the raw TCP echo of the same number of bytes, the reference;
 //! * `stream`: one TCP stream of 64-byte items (`benches/stream_throughput.rs`); the environment
-//!   variable `WINDOW` sets its flow-control window (default 1024);
+//!   variable `WINDOW` sets its flow-control window (default: `ClientConfig`'s);
 //! * `raw-stream`: raw length-prefixed frames of the same size, the reference.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -152,7 +152,7 @@ async fn raw(count: u64) -> anyhow::Result<()> {
 async fn stream(count: u64) -> anyhow::Result<()> {
     let window: u64 = match std::env::var("WINDOW") {
         Ok(window) => window.parse().context("WINDOW: a number of items")?,
-        Err(_) => 1024,
+        Err(_) => ClientConfig::default().stream_window,
     };
     let system = ActorSystem::new();
     system.expose("source", SourceActor.into_actor())?;
