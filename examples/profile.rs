@@ -184,16 +184,7 @@ async fn stream(count: u64) -> anyhow::Result<()> {
 
 async fn raw_stream(count: u64) -> anyhow::Result<()> {
     let size = support::stream_frame_size();
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        support::send_raw_frames(stream, size).await;
-    });
-    let stream = TcpStream::connect(address).await?;
-    stream.set_nodelay(true)?;
-    let mut stream = tokio::io::BufReader::new(stream);
+    let mut stream = support::raw_frame_connection(size, support::RAW_BUFFER).await;
     let mut buffer = Vec::new();
     measure("raw-stream", count, async |count| {
         support::receive_raw_frames(&mut stream, count, &mut buffer).await;
