@@ -241,6 +241,44 @@ async fn a_slow_consumer_holds_back_a_fast_producer(bed: Bed) {
     );
 }
 
+/// Stream items that fit the frame limit one by one but not 64 at a time travel in frames under
+/// the limit; the stream stays whole. (A frame over the client's limit would close the
+/// connection, and the replay after the reconnect would send it again.)
+async fn large_stream_items_travel_in_frames_under_the_limit(bed: Bed) {
+    let probe = bed.probe();
+    let data = SharedBytes::from(vec![1u8; 200 * 1024]);
+    let pieces = tokio::time::timeout(Duration::from_secs(20), async {
+        let stream = probe.pieces(data, 40).await.unwrap();
+        stream.map(|item| item.unwrap()).collect::<Vec<_>>().await
+    })
+    .await
+    .expect("the stream stalled");
+    assert_eq!(pieces.len(), 40);
+    for (index, piece) in pieces.iter().enumerate() {
+        assert_eq!(piece.len(), 1 + 200 * 1024);
+        assert_eq!(piece[0] as usize, index);
+    }
+}
+
+/// A stream item too large for a frame of its own ends its stream with `payload_too_large`;
+/// the connection goes on serving calls and streams. (Network transports: in-process streams
+/// have no frames.)
+async fn a_stream_item_over_the_frame_limit_ends_that_stream_only(bed: Bed) {
+    let probe = bed.probe();
+    let mut stream = probe.endless(2 * 1024 * 1024).await.unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the stream stalled")
+        .expect("an error, not the end")
+        .expect_err("the item does not fit a frame");
+    assert_eq!(error.code, ErrorCode::PayloadTooLarge, "{error}");
+    assert!(stream.next().await.is_none(), "the stream ended");
+    assert_eq!(probe.echo("still here".into()).await.unwrap(), "still here");
+    let small = probe.count_up(3).await.unwrap();
+    let items: Vec<u64> = small.map(|item| item.unwrap()).collect().await;
+    assert_eq!(items, [1, 2, 3]);
+}
+
 macro_rules! transport_suite {
     ($($transport:ident => $kind:expr),* $(,)?) => {$(
         mod $transport {
@@ -262,6 +300,7 @@ macro_rules! transport_suite {
                 a_refused_stream_is_a_typed_error,
                 dropping_a_stream_stops_its_producer,
                 a_slow_consumer_holds_back_a_fast_producer,
+                large_stream_items_travel_in_frames_under_the_limit,
             );
         }
     )*};
@@ -278,6 +317,22 @@ transport_suite! {
     websocket_bincode => Kind::WebSocketBincode,
     websocket_json => Kind::WebSocketJson,
     tcp => Kind::Tcp,
+}
+
+/// Scenarios of the network transports only.
+mod websocket_bincode_network {
+    use super::*;
+    transport_suite!(@tests Kind::WebSocketBincode; a_stream_item_over_the_frame_limit_ends_that_stream_only);
+}
+
+mod websocket_json_network {
+    use super::*;
+    transport_suite!(@tests Kind::WebSocketJson; a_stream_item_over_the_frame_limit_ends_that_stream_only);
+}
+
+mod tcp_network {
+    use super::*;
+    transport_suite!(@tests Kind::Tcp; a_stream_item_over_the_frame_limit_ends_that_stream_only);
 }
 
 /// The same scenarios over the Lambda invoke transport, against the actors of

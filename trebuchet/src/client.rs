@@ -28,8 +28,9 @@ pub trait Connection: Send + Sync + 'static {
         args: Payload,
     ) -> BoxFuture<'a, Result<Payload, RemoteError>>;
 
-    /// Calls the stream method `method` of the actor `actor_id`; resolves to the stream of
-    /// serialized items once the server has started it, or to the error.
+    /// Calls the stream method `method` of the actor `actor_id`; resolves to the stream of its
+    /// items (still serialized, in the batches they arrived in: [`crate::stream::PayloadBatch`]) once
+    /// the server has started it, or to the error.
     fn open_stream<'a>(
         &'a self,
         actor_id: &'a str,

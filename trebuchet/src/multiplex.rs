@@ -642,6 +642,12 @@ impl<Io: FrameIo + 'static> Drop for CallInFlight<'_, Io> {
     }
 }
 
+/// The sequence number of the last of `items`, the first of which is `first_sequence` (routed
+/// items are never empty, and `StreamTable::route` checked that the last number fits).
+fn last_of(first_sequence: u64, items: &PayloadBatch) -> u64 {
+    first_sequence + (items.len() as u64).saturating_sub(1)
+}
+
 /// Room for the items of a stream with flow-control window `window`, and a few more events.
 fn stream_buffer(window: u64) -> usize {
     usize::try_from(window).unwrap_or(usize::MAX / 2) + STREAM_BUFFER_SPARE
@@ -709,8 +715,8 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
             StreamItem::Items {
                 first_sequence,
                 items,
-            } if first_sequence + (items.len() as u64) <= self.acked + self.ack_every => {
-                self.taken = first_sequence + items.len() as u64 - 1;
+            } if last_of(first_sequence, &items) < self.acked.saturating_add(self.ack_every) => {
+                self.taken = last_of(first_sequence, &items);
                 Some(items)
             }
             other => {
@@ -733,8 +739,8 @@ impl<Io: FrameIo + 'static> StreamConsumer<Io> {
                 first_sequence,
                 items,
             }) => {
-                self.taken = first_sequence + items.len() as u64 - 1;
-                if self.taken >= self.acked + self.ack_every {
+                self.taken = last_of(first_sequence, &items);
+                if self.taken >= self.acked.saturating_add(self.ack_every) {
                     self.acknowledge().await;
                 }
                 return Some(Ok(items));

@@ -227,6 +227,8 @@ impl Iterator for PayloadBatch {
     }
 }
 
+impl ExactSizeIterator for PayloadBatch {}
+
 impl fmt::Debug for PayloadBatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PayloadBatch")

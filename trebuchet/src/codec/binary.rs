@@ -187,7 +187,9 @@ pub(super) fn encode_stream_items(
     out.freeze()
 }
 
-/// Where an item's payload is in the frame that carries it: `len` bytes from `start`.
+/// Where an item's payload is in the bytes that carry it (a binary envelope, or the JSON
+/// payloads an envelope is made from): `len` bytes from `start`. Offsets fit a `u32`: stream
+/// envelopes are kept below 4 GiB whatever the frame limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Span {
     pub(crate) start: u32,
@@ -255,6 +257,13 @@ impl StreamItemsWriter {
             start: (len_at + 1 + added - self.start) as u32,
             len: len as u32,
         })
+    }
+
+    /// Takes the last item, at `span` as [`item`](Self::item) returned it, out of the envelope;
+    /// where it began in the buffer, for the caller to truncate the buffer there.
+    pub(crate) fn remove_last(&mut self, span: Span) -> usize {
+        self.items -= 1;
+        self.start + span.start as usize - 1 - varint_size(u64::from(span.len))
     }
 
     /// Ends the envelope with `timestamp`: a `streamBatch`, or (`batch` false, for one item) a
@@ -326,7 +335,7 @@ pub(crate) fn next_stream_item(frame: &[u8], at: &mut usize) -> Option<(Encoding
             _ => Encoding::Bincode,
         };
         let span = Span {
-            start: start as u32,
+            start: u32::try_from(start).ok()?,
             len: u32::from(len),
         };
         return Some((encoding, span));
@@ -342,8 +351,8 @@ pub(crate) fn next_stream_item(frame: &[u8], at: &mut usize) -> Option<(Encoding
     Some((
         encoding,
         Span {
-            start: start as u32,
-            len: len as u32,
+            start: u32::try_from(start).ok()?,
+            len: u32::try_from(len).ok()?,
         },
     ))
 }

@@ -187,7 +187,7 @@ where
                         tracing::debug!(stream_id = %resume.stream_id, last_sequence = resume.last_sequence, "stream resumed");
                         let stream_id: Arc<str> = Arc::from(resume.stream_id.as_str());
                         registry.attach(stream_id.clone(), &handovers);
-                        streams.pumps.push(Pump::new(stream_id.clone(), call_id, encoding, producer, registry.clone()));
+                        streams.pumps.push(Pump::new(stream_id.clone(), call_id, encoding, producer, registry.clone(), config.max_frame_size));
                         streams.open.insert(call_id, OpenStream { stream_id, encoding });
                     }
                     _ if draining => {
@@ -394,6 +394,7 @@ async fn answer<Io: FrameIo>(
                 encoding,
                 producer,
                 streams.registry.clone(),
+                config.max_frame_size,
             ));
             streams.open.insert(
                 call_id,

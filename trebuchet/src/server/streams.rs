@@ -24,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::codec::{self, Frame, Span, StreamItemsWriter};
 use crate::protocol::{
-    Encoding, Envelope, Metadata, Payload, RemoteError, STREAM_BATCH_METADATA,
+    Encoding, Envelope, ErrorCode, Metadata, Payload, RemoteError, STREAM_BATCH_METADATA,
     STREAM_WINDOW_METADATA, StreamEnd, StreamError,
 };
 use crate::stream::ItemStream;
@@ -47,7 +47,10 @@ pub struct ReplayConfig {
     /// The most items kept per stream (default 4096). 0 turns resumption off: a resumed stream
     /// is always restarted.
     pub max_items: usize,
-    /// The most bytes of items kept per stream (default 1 MiB).
+    /// The most bytes of items kept per stream (default 1 MiB): the items' serialized payloads.
+    /// The envelopes they were sent in are kept with them, which adds the stream id, numbers and
+    /// a timestamp per envelope (about 60 bytes; an envelope carries up to 64 items), and
+    /// 8 bytes of bookkeeping per item: memory per stream is bounded by `max_items` and this.
     pub max_bytes: usize,
     /// Items older than this are dropped from the buffer (default 30 s).
     pub max_age: Duration,
@@ -114,7 +117,8 @@ impl StreamOptions {
 
 /// What happens next on an open stream.
 enum StreamEvent {
-    /// An item, numbered `sequence_number`: its payload is in the pump's envelope, at `span`.
+    /// An item, numbered `sequence_number`: its payload is in the pump's buffer at `span` (in
+    /// the binary envelope being written, or among the JSON payloads the envelope is made from).
     Data {
         sequence_number: u64,
         span: Span,
@@ -452,6 +456,10 @@ pub(crate) struct Pump {
     run: Option<Run>,
     /// Where the items of `run` are, from its start; kept between runs for its capacity.
     spans: Vec<Span>,
+    /// The largest frame the connection sends: an envelope that would be larger with its last
+    /// item is sent without it, and an item too large for an envelope of its own fails the
+    /// stream with `payload_too_large`.
+    max_frame_size: usize,
 }
 
 /// The envelope a pump is filling with consecutive items.
@@ -470,6 +478,7 @@ impl Pump {
         encoding: Encoding,
         producer: Box<Producer>,
         registry: Arc<StreamRegistry>,
+        max_frame_size: usize,
     ) -> Self {
         Pump {
             stream_id,
@@ -480,7 +489,70 @@ impl Pump {
             buffer: BytesMut::new(),
             run: None,
             spans: Vec::new(),
+            max_frame_size,
         }
+    }
+
+    /// What an envelope of this stream takes besides its items' payloads, at most: the stream
+    /// id, numbers, a timestamp, and (JSON) the keys and the separators of `items` items.
+    fn envelope_overhead(&self, items: usize) -> usize {
+        ENVELOPE_OVERHEAD + self.stream_id.len() + items * ITEM_OVERHEAD
+    }
+
+    /// The largest envelope of items: the frame limit, and below 4 GiB (offsets in envelopes
+    /// are `u32`s).
+    fn max_envelope_size(&self) -> usize {
+        self.max_frame_size.min(u32::MAX as usize)
+    }
+
+    /// The most bytes an item's payload may have: an envelope of its own must fit a frame.
+    fn max_item_size(&self) -> usize {
+        self.max_envelope_size()
+            .saturating_sub(self.envelope_overhead(1))
+    }
+
+    /// Whether the envelope being filled would be larger than a frame may be.
+    fn run_is_too_large(&self) -> bool {
+        let payloads = match self.run.as_ref().map(|run| run.writer.is_some()) {
+            // The buffer holds the envelope so far, items and all.
+            Some(true) => self.buffer.len(),
+            // The buffer holds the payloads.
+            _ => self.buffer.len() + self.spans.len() * ITEM_OVERHEAD,
+        };
+        payloads + self.envelope_overhead(0) > self.max_envelope_size()
+    }
+
+    /// Sends the envelope being filled without its last item, which starts the next envelope:
+    /// with it the envelope would be larger than a frame may be.
+    fn move_last_item_to_next_envelope(
+        &mut self,
+        frames: &mut Vec<Frame>,
+        now: Instant,
+        timestamp: u64,
+    ) {
+        let (Some(run), Some(span)) = (self.run.as_mut(), self.spans.pop()) else {
+            return;
+        };
+        let start = span.start as usize;
+        let payload = Bytes::copy_from_slice(&self.buffer[start..start + span.len as usize]);
+        let item_start = match run.writer.as_mut() {
+            Some(writer) => writer.remove_last(span),
+            None => start,
+        };
+        self.buffer.truncate(item_start);
+        let next = run.first + self.spans.len() as u64;
+        self.flush_run(frames, now, timestamp);
+        let item_encoding = self
+            .producer
+            .as_ref()
+            .map_or(self.encoding, |producer| producer.item_encoding);
+        let mut run = start_run(&mut self.buffer, &self.stream_id, self.encoding, next);
+        let Ok(span) = append_item(&mut run, &mut self.buffer, item_encoding, |out| {
+            out.extend_from_slice(&payload);
+            Ok::<_, std::convert::Infallible>(())
+        });
+        self.run = Some(run);
+        self.spans.push(span);
     }
 
     /// Stops the stream here and returns its producer (dropping it stops the actor's stream).
@@ -505,6 +577,14 @@ impl Pump {
     }
 }
 
+/// The most bytes of an envelope of items that are not in an item: type, stream id length,
+/// sequence number, item count and timestamp (binary), or the keys and punctuation around them
+/// (JSON), the stream id aside.
+const ENVELOPE_OVERHEAD: usize = 128;
+/// The most bytes an item adds to an envelope besides its payload: its encoding and length
+/// (binary), or a separator (JSON).
+const ITEM_OVERHEAD: usize = 10;
+
 /// The size of the chunks envelopes are written in.
 const CHUNK: usize = 16 * 1024;
 /// Below this much room left in the chunk, the next envelope starts a new one.
@@ -514,6 +594,7 @@ impl Pump {
     /// The stream's next event; an item is written into the envelope being filled (one is
     /// started if need be). After the end, the caller [`park`](Self::park)s the stream.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamEvent>> {
+        let max_item_size = self.max_item_size();
         let Pump {
             stream_id,
             encoding,
@@ -556,7 +637,20 @@ impl Pump {
                 });
                 let mut outcome = Poll::Pending;
                 let written = append_item(run, buffer, item_encoding, |out| {
+                    let start = out.len();
                     match producer.items.poll_write(cx, out) {
+                        Poll::Ready(Some(Ok(()))) if out.len() - start > max_item_size => {
+                            outcome = Poll::Ready(Some(Err(RemoteError::new(
+                                ErrorCode::PayloadTooLarge,
+                                format!(
+                                    "stream item {sequence_number} of {} bytes does not fit the \
+                                     frame limit of {} bytes; the stream ends here",
+                                    out.len() - start,
+                                    max_item_size
+                                ),
+                            ))));
+                            Err(())
+                        }
                         Poll::Ready(Some(Ok(()))) => Ok(()),
                         other => {
                             outcome = other;
@@ -620,7 +714,10 @@ fn append_item<E>(
         Some(writer) => writer.item(buffer, item_encoding, write),
         None => {
             let start = buffer.len();
-            write(buffer)?;
+            if let Err(error) = write(buffer) {
+                buffer.truncate(start);
+                return Err(error);
+            }
             Ok(Span {
                 start: start as u32,
                 len: (buffer.len() - start) as u32,
@@ -726,6 +823,9 @@ impl Pump {
                     );
                     self.spans.push(span);
                     output.items += 1;
+                    if self.spans.len() > 1 && self.run_is_too_large() {
+                        self.move_last_item_to_next_envelope(&mut output.frames, now, timestamp());
+                    }
                     if self.spans.len() >= items_per_envelope {
                         self.flush_run(&mut output.frames, now, timestamp());
                     }
@@ -1013,6 +1113,9 @@ mod tests {
     use super::*;
     use crate::ActorStream;
 
+    /// The frame limit of the pumps of these tests: the server's default.
+    const FRAME: usize = 1024 * 1024;
+
     fn numbers(count: u64, encoding: Encoding) -> ItemStream {
         ItemStream::new(
             ActorStream::new(futures_util::stream::iter(1..=count)),
@@ -1043,7 +1146,7 @@ mod tests {
     /// producer.
     async fn sequence_numbers(producer: Box<Producer>, take: usize) -> (Vec<u64>, Box<Producer>) {
         let registry = StreamRegistry::new(ReplayConfig::default());
-        let mut pump = Pump::new(Arc::from("s"), 1, Encoding::Json, producer, registry);
+        let mut pump = Pump::new(Arc::from("s"), 1, Encoding::Json, producer, registry, FRAME);
         let mut seen = Vec::new();
         for _ in 0..take {
             match next_envelopes(&mut pump, 1).await.as_slice() {
@@ -1077,7 +1180,7 @@ mod tests {
     async fn a_pump_hands_over_what_is_ready_in_batches() {
         let registry = StreamRegistry::new(ReplayConfig::default());
         let producer = producer(100, ReplayConfig::default());
-        let pump = Pump::new(Arc::from("b"), 1, Encoding::Json, producer, registry);
+        let pump = Pump::new(Arc::from("b"), 1, Encoding::Json, producer, registry, FRAME);
         let outputs: Vec<(usize, usize, bool)> = pump
             .map(|output| (output.items, output.frames.len(), output.ended))
             .collect()
@@ -1090,6 +1193,106 @@ mod tests {
                 (100 - PUMP_BATCH, 100 - PUMP_BATCH + 1, true)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn envelopes_stay_within_the_frame_limit() {
+        // Items of 300 to 1,500 bytes (lengths of one byte's size and of three), 64 to an
+        // envelope if they fitted, under a frame limit of 2,000 bytes.
+        let text = |n: u64| "x".repeat(300 * (1 + n as usize % 5));
+        for encoding in [Encoding::Bincode, Encoding::Json] {
+            let items = ItemStream::new(
+                ActorStream::new(futures_util::stream::iter(1..=30).map(text)),
+                encoding,
+            );
+            let options = StreamOptions {
+                window: None,
+                batch: 64,
+            };
+            let config = Arc::new(ReplayConfig::default());
+            let producer = Box::new(Producer::new(items, 1, options, config));
+            let registry = StreamRegistry::new(ReplayConfig::default());
+            let mut pump = Pump::new(Arc::from("f"), 1, encoding, producer, registry, 2000);
+            let output = std::future::poll_fn(|cx| pump.poll_output(cx, 30))
+                .await
+                .unwrap();
+            assert_eq!(output.items, 30);
+            assert!(output.frames.len() > 1, "{encoding:?}: one frame");
+            for frame in &output.frames {
+                assert!(
+                    frame.data.len() <= 2000,
+                    "{encoding:?}: {}",
+                    frame.data.len()
+                );
+            }
+            let envelopes: Vec<_> = output
+                .frames
+                .iter()
+                .map(|frame| codec::decode(frame).unwrap())
+                .collect();
+            let expected: Vec<_> = (1..=30).map(|n| (n, text(n))).collect();
+            assert_eq!(items_of(&envelopes), expected, "{encoding:?}");
+
+            // What was kept is replayed within the limit too.
+            let mut producer = pump.take_producer().unwrap();
+            assert!(producer.resume_after(3));
+            let registry = StreamRegistry::new(ReplayConfig::default());
+            let mut pump = Pump::new(Arc::from("f"), 2, encoding, producer, registry, 2000);
+            let output = std::future::poll_fn(|cx| pump.poll_output(cx, 27))
+                .await
+                .unwrap();
+            for frame in &output.frames {
+                assert!(
+                    frame.data.len() <= 2000,
+                    "{encoding:?}: {}",
+                    frame.data.len()
+                );
+            }
+            let replayed: Vec<_> = output
+                .frames
+                .iter()
+                .map(|frame| codec::decode(frame).unwrap())
+                .collect();
+            assert_eq!(items_of(&replayed), expected[3..].to_vec(), "{encoding:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_item_too_large_for_a_frame_ends_the_stream_with_payload_too_large() {
+        let sizes = [10usize, 20, 5000, 30];
+        let items = ItemStream::new(
+            ActorStream::new(futures_util::stream::iter(sizes).map(|n| "y".repeat(n))),
+            Encoding::Bincode,
+        );
+        let options = StreamOptions {
+            window: None,
+            batch: 64,
+        };
+        let config = Arc::new(ReplayConfig::default());
+        let producer = Box::new(Producer::new(items, 1, options, config));
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        let mut pump = Pump::new(
+            Arc::from("big"),
+            1,
+            Encoding::Bincode,
+            producer,
+            registry,
+            2000,
+        );
+        let envelopes = next_envelopes(&mut pump, 64).await;
+        let expected = vec![(1, "y".repeat(10)), (2, "y".repeat(20))];
+        assert_eq!(items_of(&envelopes), expected);
+        match envelopes.last() {
+            Some(Envelope::StreamError(failure)) => {
+                assert_eq!(
+                    failure.error.code,
+                    ErrorCode::PayloadTooLarge,
+                    "{}",
+                    failure.error
+                )
+            }
+            other => panic!("expected a stream error, got {other:?}"),
+        }
     }
 
     #[tokio::test]
@@ -1107,7 +1310,14 @@ mod tests {
         let config = Arc::new(ReplayConfig::default());
         let producer = Box::new(Producer::new(items, 1, options, config));
         let registry = StreamRegistry::new(ReplayConfig::default());
-        let mut pump = Pump::new(Arc::from("bin"), 1, Encoding::Bincode, producer, registry);
+        let mut pump = Pump::new(
+            Arc::from("bin"),
+            1,
+            Encoding::Bincode,
+            producer,
+            registry,
+            FRAME,
+        );
         let envelopes = next_envelopes(&mut pump, 20).await;
         let batches: Vec<_> = envelopes
             .iter()
@@ -1124,7 +1334,14 @@ mod tests {
         let mut producer = pump.take_producer().unwrap();
         assert!(producer.resume_after(5));
         let registry = StreamRegistry::new(ReplayConfig::default());
-        let mut pump = Pump::new(Arc::from("bin"), 2, Encoding::Bincode, producer, registry);
+        let mut pump = Pump::new(
+            Arc::from("bin"),
+            2,
+            Encoding::Bincode,
+            producer,
+            registry,
+            FRAME,
+        );
         let replayed = next_envelopes(&mut pump, 15).await;
         assert_eq!(items_of(&replayed), expected[5..].to_vec());
         // Then the end.
@@ -1146,7 +1363,14 @@ mod tests {
             config,
         ));
         let registry = StreamRegistry::new(ReplayConfig::default());
-        let mut pump = Pump::new(Arc::from("one"), 1, Encoding::Bincode, producer, registry);
+        let mut pump = Pump::new(
+            Arc::from("one"),
+            1,
+            Encoding::Bincode,
+            producer,
+            registry,
+            FRAME,
+        );
         let envelopes = next_envelopes(&mut pump, 8).await;
         match envelopes.as_slice() {
             [Envelope::StreamData(item), Envelope::StreamEnd(_)] => {
@@ -1217,7 +1441,7 @@ mod tests {
             batch: 1,
         };
         let producer = Box::new(Producer::new(items, 1, options, registry.config.clone()));
-        let mut pump = Pump::new(Arc::from("w"), 1, Encoding::Json, producer, registry);
+        let mut pump = Pump::new(Arc::from("w"), 1, Encoding::Json, producer, registry, FRAME);
         assert_eq!(pump.next().await.unwrap().items, 4);
         let waiting = tokio::time::timeout(Duration::from_millis(50), pump.next()).await;
         assert!(waiting.is_err(), "a fifth item went out without an ack");
@@ -1244,7 +1468,7 @@ mod tests {
             batch: 1,
         };
         let producer = Box::new(Producer::new(items, 1, options, Arc::new(config)));
-        let mut pump = Pump::new(Arc::from("w"), 1, Encoding::Json, producer, registry);
+        let mut pump = Pump::new(Arc::from("w"), 1, Encoding::Json, producer, registry, FRAME);
         // 3 × 40 ≥ 100: the third item fills it.
         assert_eq!(pump.next().await.unwrap().items, 3);
         let waiting = tokio::time::timeout(Duration::from_millis(50), pump.next()).await;
