@@ -456,10 +456,37 @@ pub(crate) struct Pump {
     run: Option<Run>,
     /// Where the items of `run` are, from its start; kept between runs for its capacity.
     spans: Vec<Span>,
-    /// The largest frame the connection sends: an envelope that would be larger with its last
-    /// item is sent without it, and an item too large for an envelope of its own fails the
-    /// stream with `payload_too_large`.
-    max_frame_size: usize,
+    /// The frame limit, as the most bytes an envelope being filled may hold before it is
+    /// finished (see [`EnvelopeLimits`]).
+    limits: EnvelopeLimits,
+}
+
+/// What the frame limit allows a pump's envelopes: an envelope that would be larger with its
+/// last item is sent without it, and an item too large for an envelope of its own fails the
+/// stream with `payload_too_large`. Envelopes also stay below 4 GiB whatever the limit
+/// (offsets in them are `u32`s).
+#[derive(Clone, Copy)]
+struct EnvelopeLimits {
+    /// The most bytes of an envelope being filled: the binary envelope so far, or the JSON
+    /// payloads and `ITEM_OVERHEAD` per item.
+    run: usize,
+    /// The most bytes of an item's payload.
+    item: usize,
+}
+
+impl EnvelopeLimits {
+    fn new(max_frame_size: usize, stream_id: &str) -> Self {
+        // What an envelope takes besides its items: the stream id, numbers and a timestamp, or
+        // the keys and punctuation around them.
+        let overhead = ENVELOPE_OVERHEAD + stream_id.len();
+        let run = max_frame_size
+            .min(u32::MAX as usize)
+            .saturating_sub(overhead);
+        EnvelopeLimits {
+            run,
+            item: run.saturating_sub(ITEM_OVERHEAD),
+        }
+    }
 }
 
 /// The envelope a pump is filling with consecutive items.
@@ -480,6 +507,7 @@ impl Pump {
         registry: Arc<StreamRegistry>,
         max_frame_size: usize,
     ) -> Self {
+        let limits = EnvelopeLimits::new(max_frame_size, &stream_id);
         Pump {
             stream_id,
             call_id,
@@ -489,37 +517,19 @@ impl Pump {
             buffer: BytesMut::new(),
             run: None,
             spans: Vec::new(),
-            max_frame_size,
+            limits,
         }
-    }
-
-    /// What an envelope of this stream takes besides its items' payloads, at most: the stream
-    /// id, numbers, a timestamp, and (JSON) the keys and the separators of `items` items.
-    fn envelope_overhead(&self, items: usize) -> usize {
-        ENVELOPE_OVERHEAD + self.stream_id.len() + items * ITEM_OVERHEAD
-    }
-
-    /// The largest envelope of items: the frame limit, and below 4 GiB (offsets in envelopes
-    /// are `u32`s).
-    fn max_envelope_size(&self) -> usize {
-        self.max_frame_size.min(u32::MAX as usize)
-    }
-
-    /// The most bytes an item's payload may have: an envelope of its own must fit a frame.
-    fn max_item_size(&self) -> usize {
-        self.max_envelope_size()
-            .saturating_sub(self.envelope_overhead(1))
     }
 
     /// Whether the envelope being filled would be larger than a frame may be.
     fn run_is_too_large(&self) -> bool {
-        let payloads = match self.run.as_ref().map(|run| run.writer.is_some()) {
+        let size = match self.run.as_ref().map(|run| run.writer.is_some()) {
             // The buffer holds the envelope so far, items and all.
             Some(true) => self.buffer.len(),
             // The buffer holds the payloads.
             _ => self.buffer.len() + self.spans.len() * ITEM_OVERHEAD,
         };
-        payloads + self.envelope_overhead(0) > self.max_envelope_size()
+        size > self.limits.run
     }
 
     /// Sends the envelope being filled without its last item, which starts the next envelope:
@@ -594,7 +604,7 @@ impl Pump {
     /// The stream's next event; an item is written into the envelope being filled (one is
     /// started if need be). After the end, the caller [`park`](Self::park)s the stream.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamEvent>> {
-        let max_item_size = self.max_item_size();
+        let max_item_size = self.limits.item;
         let Pump {
             stream_id,
             encoding,
