@@ -10,9 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use trebuchet::codec::{self, Frame};
 use trebuchet::protocol::{Envelope, Invocation, Response};
+use trebuchet::stream::ItemStream;
 use trebuchet::transport::tcp::Handshake;
 use trebuchet::{
-    ActorSystem, ClientConfig, Encoding, ErrorCode, Metadata, Payload, ServerConfig, Transport,
+    ActorSystem, Call, ClientConfig, Encoding, ErrorCode, Metadata, Payload, RemoteError, Reply,
+    ServerConfig, Transport,
 };
 
 async fn write_frame(stream: &mut TcpStream, data: &[u8]) {
@@ -220,4 +222,42 @@ async fn a_stream_flows_when_the_server_keeps_less_than_the_client_window() {
         .unwrap_or_else(|_| panic!("stalled with max_items {max_items}, max_bytes {max_bytes}"));
         assert_eq!(items, (1..=1000).collect::<Vec<_>>());
     }
+}
+
+/// A service written by hand (no actor) answers a stream call with items serialized already
+/// (`ItemStream::from_payloads`), as a service passing on another server's stream would; a
+/// typed client reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_written_service_sends_items_serialized_already() {
+    let service = tower::service_fn(|call: Call| async move {
+        let encoding = call.invocation.args.encoding();
+        let items: Vec<Result<Payload, RemoteError>> = (1..=3u64)
+            .map(|n| Ok(Payload::encode(&(n * 10), encoding).unwrap()))
+            .chain([Ok(Payload::encode(&4u64, Encoding::Json).unwrap())])
+            .collect();
+        Ok::<_, RemoteError>(Reply::Stream(ItemStream::from_payloads(
+            futures_util::stream::iter(items),
+            encoding,
+        )))
+    });
+    let server = trebuchet::transport::tcp::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        service,
+        ServerConfig::default(),
+    )
+    .await
+    .unwrap();
+    let client = ActorSystem::new()
+        .connect(Transport::Tcp(server.local_addr().to_string()))
+        .await
+        .unwrap();
+    let probe: ProbeClient = client.actor("anything");
+    let mut stream = probe.count_up(3).await.unwrap();
+    for expected in [10, 20, 30] {
+        assert_eq!(stream.next().await.unwrap().unwrap(), expected);
+    }
+    // The JSON item in a bincode stream ends it with an error.
+    let error = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(error.code, ErrorCode::Internal, "{error}");
+    assert!(stream.next().await.is_none());
 }

@@ -277,7 +277,52 @@ impl<T: Serialize + Send + 'static> ItemSource for Serialized<T> {
     }
 }
 
+/// Items serialized already: what [`ItemStream::from_payloads`] sends.
+struct Forwarded {
+    items: BoxStream<'static, Result<Payload, RemoteError>>,
+    encoding: Encoding,
+}
+
+impl ItemSource for Forwarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut bytes::BytesMut,
+    ) -> Poll<Option<Result<(), RemoteError>>> {
+        let encoding = self.encoding;
+        Poll::Ready(match futures_util::ready!(self.items.poll_next_unpin(cx)) {
+            Some(Ok(payload)) if payload.encoding() == encoding => {
+                out.extend_from_slice(payload.as_bytes());
+                Some(Ok(()))
+            }
+            Some(Ok(payload)) => Some(Err(RemoteError::internal(format!(
+                "a stream item in {:?} in a stream of {encoding:?} items",
+                payload.encoding()
+            )))),
+            Some(Err(error)) => Some(Err(error)),
+            None => None,
+        })
+    }
+}
+
 impl ItemStream {
+    /// Items serialized already, each in `encoding` (an item in another encoding ends the stream
+    /// with an `internal` error): for a service written by hand that passes on items it did not
+    /// make, such as those of a remote stream (a [`PayloadBatch`] is an iterator of
+    /// [`Payload`]s).
+    pub fn from_payloads(
+        items: impl Stream<Item = Result<Payload, RemoteError>> + Send + 'static,
+        encoding: Encoding,
+    ) -> Self {
+        ItemStream {
+            items: Box::pin(Forwarded {
+                items: items.boxed(),
+                encoding,
+            }),
+            encoding,
+        }
+    }
+
     /// The items of `items`, each serialized in `encoding` as it is sent.
     pub fn new<T: Serialize + Send + 'static>(items: ActorStream<T>, encoding: Encoding) -> Self {
         ItemStream {
