@@ -261,3 +261,32 @@ async fn a_hand_written_service_sends_items_serialized_already() {
     assert_eq!(error.code, ErrorCode::Internal, "{error}");
     assert!(stream.next().await.is_none());
 }
+
+/// Calls time out at their deadline, not before, round after round (the connection's deadline
+/// watcher rests between rounds), while the calls beside them are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_time_out_round_after_round_while_others_are_answered() {
+    let mut config = ClientConfig::default();
+    config.call_timeout = Duration::from_millis(100);
+    let bed = Bed::start_with(Kind::Tcp, config).await;
+    let slow: ProbeClient = bed.client.actor("slow");
+    let probe = bed.probe();
+    for round in 0..3 {
+        let start = tokio::time::Instant::now();
+        let (slow_outcome, echoes) = tokio::join!(
+            slow.sleep_ms(1_000),
+            futures_util::future::join_all((0..10).map(|n| probe.echo(format!("{round}.{n}"))))
+        );
+        let error = slow_outcome.unwrap_err();
+        assert_eq!(error.code(), Some(ErrorCode::Timeout), "{error}");
+        assert!(
+            start.elapsed() >= Duration::from_millis(100),
+            "timed out early"
+        );
+        for (n, echo) in echoes.into_iter().enumerate() {
+            assert_eq!(echo.unwrap(), format!("{round}.{n}"));
+        }
+        // Idle for longer than the timeout: the watcher has nothing to watch.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}

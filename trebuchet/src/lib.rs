@@ -55,6 +55,7 @@
 pub mod actor;
 pub mod client;
 pub mod codec;
+mod deadlines;
 pub mod middleware;
 mod multiplex;
 pub mod protocol;

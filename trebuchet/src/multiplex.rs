@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientConfig, Connection};
 use crate::codec::{self, Frame, Incoming, InvocationRef};
+use crate::deadlines::Deadlines;
 use crate::protocol::{
     CallIdMap, Cancel, Encoding, Envelope, ErrorCode, Payload, RemoteError, Response,
     STREAM_BATCH_METADATA, STREAM_WINDOW_METADATA, StreamAck, StreamResume,
@@ -940,6 +941,8 @@ pub(crate) struct Multiplexed<C: Connector> {
     next_call_id: Arc<AtomicU64>,
     streams: Arc<StreamTable>,
     in_flight: Semaphore,
+    /// The deadlines of the calls in flight, watched by one task (see [`Deadlines`]).
+    deadlines: Arc<Deadlines>,
     closed: CancellationToken,
 }
 
@@ -971,6 +974,10 @@ impl<C: Connector> Multiplexed<C> {
             closed.clone(),
             next_call_id.clone(),
         ));
+        let deadlines = Arc::new(Deadlines::default());
+        let watcher = deadlines.clone();
+        let stop = closed.clone();
+        tokio::spawn(async move { watcher.watch_until(stop).await });
         Ok(Multiplexed {
             in_flight: Semaphore::new(config.max_in_flight.max(1)),
             config,
@@ -978,6 +985,7 @@ impl<C: Connector> Multiplexed<C> {
             link: watched,
             next_call_id,
             streams,
+            deadlines,
             closed,
         })
     }
@@ -1070,16 +1078,14 @@ impl<C: Connector> Multiplexed<C> {
                 args,
             })
         });
-        // One timer for the whole call; if it fires first, dropping `send_and_wait` forgets the
-        // call (and tells the server, if the call was sent).
-        match timeout_at(
-            deadline,
-            self.send_and_wait(call_id, frame, stream, deadline),
-        )
-        .await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => Err(self.timed_out(actor_id, method)),
+        // One deadline for the whole call (watched by the connection's watcher, not a timer of
+        // its own); if it passes first, dropping `send_and_wait` forgets the call (and tells the
+        // server, if the call was sent).
+        let expiry = self.deadlines.watch(deadline);
+        tokio::select! {
+            biased;
+            outcome = self.send_and_wait(call_id, frame, stream, deadline) => outcome,
+            () = expiry => Err(self.timed_out(actor_id, method)),
         }
     }
 
