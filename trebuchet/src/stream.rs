@@ -255,50 +255,26 @@ trait ItemSource: Send {
     ) -> Poll<Option<Result<(), RemoteError>>>;
 }
 
-struct Serialized<T> {
-    items: ActorStream<T>,
+/// An [`ItemSource`]: the items of `items`, each appended to the frame by `write`.
+struct Writing<S, W> {
+    items: S,
     encoding: Encoding,
+    write: W,
 }
 
-impl<T: Serialize + Send + 'static> ItemSource for Serialized<T> {
+impl<S, T, W> ItemSource for Writing<S, W>
+where
+    S: Stream<Item = Result<T, RemoteError>> + Unpin + Send,
+    W: Fn(T, Encoding, &mut bytes::BytesMut) -> Result<(), RemoteError> + Unpin + Send,
+{
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         out: &mut bytes::BytesMut,
     ) -> Poll<Option<Result<(), RemoteError>>> {
-        let encoding = self.encoding;
-        Poll::Ready(match futures_util::ready!(self.items.poll_next_unpin(cx)) {
-            Some(Ok(value)) => Some(encode_payload_into(&value, encoding, out).map_err(|error| {
-                RemoteError::internal(format!("cannot encode a stream item: {error}"))
-            })),
-            Some(Err(error)) => Some(Err(error)),
-            None => None,
-        })
-    }
-}
-
-/// Items serialized already: what [`ItemStream::from_payloads`] sends.
-struct Forwarded {
-    items: BoxStream<'static, Result<Payload, RemoteError>>,
-    encoding: Encoding,
-}
-
-impl ItemSource for Forwarded {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut bytes::BytesMut,
-    ) -> Poll<Option<Result<(), RemoteError>>> {
-        let encoding = self.encoding;
-        Poll::Ready(match futures_util::ready!(self.items.poll_next_unpin(cx)) {
-            Some(Ok(payload)) if payload.encoding() == encoding => {
-                out.extend_from_slice(payload.as_bytes());
-                Some(Ok(()))
-            }
-            Some(Ok(payload)) => Some(Err(RemoteError::internal(format!(
-                "a stream item in {:?} in a stream of {encoding:?} items",
-                payload.encoding()
-            )))),
+        let this = &mut *self;
+        Poll::Ready(match futures_util::ready!(this.items.poll_next_unpin(cx)) {
+            Some(Ok(item)) => Some((this.write)(item, this.encoding, out)),
             Some(Err(error)) => Some(Err(error)),
             None => None,
         })
@@ -314,10 +290,21 @@ impl ItemStream {
         items: impl Stream<Item = Result<Payload, RemoteError>> + Send + 'static,
         encoding: Encoding,
     ) -> Self {
+        let write = |payload: Payload, encoding: Encoding, out: &mut bytes::BytesMut| {
+            if payload.encoding() != encoding {
+                return Err(RemoteError::internal(format!(
+                    "a stream item in {:?} in a stream of {encoding:?} items",
+                    payload.encoding()
+                )));
+            }
+            out.extend_from_slice(payload.as_bytes());
+            Ok(())
+        };
         ItemStream {
-            items: Box::pin(Forwarded {
+            items: Box::pin(Writing {
                 items: items.boxed(),
                 encoding,
+                write,
             }),
             encoding,
         }
@@ -326,7 +313,15 @@ impl ItemStream {
     /// The items of `items`, each serialized in `encoding` as it is sent.
     pub fn new<T: Serialize + Send + 'static>(items: ActorStream<T>, encoding: Encoding) -> Self {
         ItemStream {
-            items: Box::pin(Serialized { items, encoding }),
+            items: Box::pin(Writing {
+                items,
+                encoding,
+                write: |value: T, encoding, out: &mut bytes::BytesMut| {
+                    encode_payload_into(&value, encoding, out).map_err(|error| {
+                        RemoteError::internal(format!("cannot encode a stream item: {error}"))
+                    })
+                },
+            }),
             encoding,
         }
     }

@@ -1205,24 +1205,62 @@ mod tests {
         );
     }
 
+    /// A pump of `items`, serialized in `encoding`, for a client that takes batches of `batch`
+    /// items, under the frame limit `max_frame_size`.
+    fn batching_pump<T, I>(
+        items: I,
+        encoding: Encoding,
+        batch: usize,
+        max_frame_size: usize,
+    ) -> Pump
+    where
+        T: serde::Serialize + Send + 'static,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: Send + 'static,
+    {
+        let items = ItemStream::new(
+            ActorStream::new(futures_util::stream::iter(items)),
+            encoding,
+        );
+        let options = StreamOptions {
+            window: None,
+            batch,
+        };
+        let config = Arc::new(ReplayConfig::default());
+        let producer = Box::new(Producer::new(items, 1, options, config));
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        Pump::new(
+            Arc::from("s"),
+            1,
+            encoding,
+            producer,
+            registry,
+            max_frame_size,
+        )
+    }
+
+    /// The stream of `pump` resumed after item `last_seen` on another connection's pump.
+    fn resumed(mut pump: Pump, last_seen: u64, max_frame_size: usize) -> Pump {
+        let mut producer = pump.take_producer().unwrap();
+        assert!(producer.resume_after(last_seen));
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        Pump::new(
+            Arc::from("s"),
+            2,
+            pump.encoding,
+            producer,
+            registry,
+            max_frame_size,
+        )
+    }
+
     #[tokio::test]
     async fn envelopes_stay_within_the_frame_limit() {
         // Items of 300 to 1,500 bytes (lengths of one byte's size and of three), 64 to an
         // envelope if they fitted, under a frame limit of 2,000 bytes.
         let text = |n: u64| "x".repeat(300 * (1 + n as usize % 5));
         for encoding in [Encoding::Bincode, Encoding::Json] {
-            let items = ItemStream::new(
-                ActorStream::new(futures_util::stream::iter(1..=30).map(text)),
-                encoding,
-            );
-            let options = StreamOptions {
-                window: None,
-                batch: 64,
-            };
-            let config = Arc::new(ReplayConfig::default());
-            let producer = Box::new(Producer::new(items, 1, options, config));
-            let registry = StreamRegistry::new(ReplayConfig::default());
-            let mut pump = Pump::new(Arc::from("f"), 1, encoding, producer, registry, 2000);
+            let mut pump = batching_pump((1..=30).map(text), encoding, 64, 2000);
             let output = std::future::poll_fn(|cx| pump.poll_output(cx, 30))
                 .await
                 .unwrap();
@@ -1244,10 +1282,7 @@ mod tests {
             assert_eq!(items_of(&envelopes), expected, "{encoding:?}");
 
             // What was kept is replayed within the limit too.
-            let mut producer = pump.take_producer().unwrap();
-            assert!(producer.resume_after(3));
-            let registry = StreamRegistry::new(ReplayConfig::default());
-            let mut pump = Pump::new(Arc::from("f"), 2, encoding, producer, registry, 2000);
+            let mut pump = resumed(pump, 3, 2000);
             let output = std::future::poll_fn(|cx| pump.poll_output(cx, 27))
                 .await
                 .unwrap();
@@ -1270,36 +1305,15 @@ mod tests {
     #[tokio::test]
     async fn an_item_too_large_for_a_frame_ends_the_stream_with_payload_too_large() {
         let sizes = [10usize, 20, 5000, 30];
-        let items = ItemStream::new(
-            ActorStream::new(futures_util::stream::iter(sizes).map(|n| "y".repeat(n))),
-            Encoding::Bincode,
-        );
-        let options = StreamOptions {
-            window: None,
-            batch: 64,
-        };
-        let config = Arc::new(ReplayConfig::default());
-        let producer = Box::new(Producer::new(items, 1, options, config));
-        let registry = StreamRegistry::new(ReplayConfig::default());
-        let mut pump = Pump::new(
-            Arc::from("big"),
-            1,
-            Encoding::Bincode,
-            producer,
-            registry,
-            2000,
-        );
+        let items = sizes.map(|n| "y".repeat(n));
+        let mut pump = batching_pump(items, Encoding::Bincode, 64, 2000);
         let envelopes = next_envelopes(&mut pump, 64).await;
         let expected = vec![(1, "y".repeat(10)), (2, "y".repeat(20))];
         assert_eq!(items_of(&envelopes), expected);
         match envelopes.last() {
             Some(Envelope::StreamError(failure)) => {
-                assert_eq!(
-                    failure.error.code,
-                    ErrorCode::PayloadTooLarge,
-                    "{}",
-                    failure.error
-                )
+                let error = &failure.error;
+                assert_eq!(error.code, ErrorCode::PayloadTooLarge, "{error}");
             }
             other => panic!("expected a stream error, got {other:?}"),
         }
@@ -1309,25 +1323,7 @@ mod tests {
     async fn binary_envelopes_carry_the_items_in_place_and_replay_them() {
         // Items of 0 to 570 bytes: their lengths take one byte or three.
         let text = |n: u64| "x".repeat(n as usize * 30);
-        let items = ItemStream::new(
-            ActorStream::new(futures_util::stream::iter(1..=20).map(text)),
-            Encoding::Bincode,
-        );
-        let options = StreamOptions {
-            window: None,
-            batch: 8,
-        };
-        let config = Arc::new(ReplayConfig::default());
-        let producer = Box::new(Producer::new(items, 1, options, config));
-        let registry = StreamRegistry::new(ReplayConfig::default());
-        let mut pump = Pump::new(
-            Arc::from("bin"),
-            1,
-            Encoding::Bincode,
-            producer,
-            registry,
-            FRAME,
-        );
+        let mut pump = batching_pump((1..=20).map(text), Encoding::Bincode, 8, FRAME);
         let envelopes = next_envelopes(&mut pump, 20).await;
         let batches: Vec<_> = envelopes
             .iter()
@@ -1341,17 +1337,7 @@ mod tests {
         assert_eq!(items_of(&envelopes), expected);
 
         // A resume after item 5 replays 6..=20 from the kept frames, in new envelopes.
-        let mut producer = pump.take_producer().unwrap();
-        assert!(producer.resume_after(5));
-        let registry = StreamRegistry::new(ReplayConfig::default());
-        let mut pump = Pump::new(
-            Arc::from("bin"),
-            2,
-            Encoding::Bincode,
-            producer,
-            registry,
-            FRAME,
-        );
+        let mut pump = resumed(pump, 5, FRAME);
         let replayed = next_envelopes(&mut pump, 15).await;
         assert_eq!(items_of(&replayed), expected[5..].to_vec());
         // Then the end.
@@ -1361,26 +1347,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_item_goes_in_a_stream_data() {
-        let options = StreamOptions {
-            window: None,
-            batch: 8,
-        };
-        let config = Arc::new(ReplayConfig::default());
-        let producer = Box::new(Producer::new(
-            numbers(1, Encoding::Bincode),
-            1,
-            options,
-            config,
-        ));
-        let registry = StreamRegistry::new(ReplayConfig::default());
-        let mut pump = Pump::new(
-            Arc::from("one"),
-            1,
-            Encoding::Bincode,
-            producer,
-            registry,
-            FRAME,
-        );
+        let mut pump = batching_pump([1u64], Encoding::Bincode, 8, FRAME);
         let envelopes = next_envelopes(&mut pump, 8).await;
         match envelopes.as_slice() {
             [Envelope::StreamData(item), Envelope::StreamEnd(_)] => {
