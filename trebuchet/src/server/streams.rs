@@ -1254,6 +1254,16 @@ mod tests {
         )
     }
 
+    /// `frames` decoded, after checking that none is larger than `limit`.
+    fn decoded_within(frames: &[Frame], limit: usize) -> Vec<Envelope> {
+        let sizes: Vec<usize> = frames.iter().map(|frame| frame.data.len()).collect();
+        assert!(sizes.iter().all(|&size| size <= limit), "{sizes:?}");
+        frames
+            .iter()
+            .map(|frame| codec::decode(frame).unwrap())
+            .collect()
+    }
+
     #[tokio::test]
     async fn envelopes_stay_within_the_frame_limit() {
         // Items of 300 to 1,500 bytes (lengths of one byte's size and of three), 64 to an
@@ -1266,18 +1276,7 @@ mod tests {
                 .unwrap();
             assert_eq!(output.items, 30);
             assert!(output.frames.len() > 1, "{encoding:?}: one frame");
-            for frame in &output.frames {
-                assert!(
-                    frame.data.len() <= 2000,
-                    "{encoding:?}: {}",
-                    frame.data.len()
-                );
-            }
-            let envelopes: Vec<_> = output
-                .frames
-                .iter()
-                .map(|frame| codec::decode(frame).unwrap())
-                .collect();
+            let envelopes = decoded_within(&output.frames, 2000);
             let expected: Vec<_> = (1..=30).map(|n| (n, text(n))).collect();
             assert_eq!(items_of(&envelopes), expected, "{encoding:?}");
 
@@ -1286,18 +1285,7 @@ mod tests {
             let output = std::future::poll_fn(|cx| pump.poll_output(cx, 27))
                 .await
                 .unwrap();
-            for frame in &output.frames {
-                assert!(
-                    frame.data.len() <= 2000,
-                    "{encoding:?}: {}",
-                    frame.data.len()
-                );
-            }
-            let replayed: Vec<_> = output
-                .frames
-                .iter()
-                .map(|frame| codec::decode(frame).unwrap())
-                .collect();
+            let replayed = decoded_within(&output.frames, 2000);
             assert_eq!(items_of(&replayed), expected[3..].to_vec(), "{encoding:?}");
         }
     }
