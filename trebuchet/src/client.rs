@@ -29,8 +29,8 @@ pub trait Connection: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Payload, RemoteError>>;
 
     /// Calls the stream method `method` of the actor `actor_id`; resolves to the stream of its
-    /// items (still serialized, in the batches they arrived in: [`crate::stream::PayloadBatch`]) once
-    /// the server has started it, or to the error.
+    /// items (still serialized, in the batches they arrived in:
+    /// [`crate::stream::PayloadBatch`]) once the server has started it, or to the error.
     fn open_stream<'a>(
         &'a self,
         actor_id: &'a str,

@@ -521,6 +521,13 @@ impl Pump {
         }
     }
 
+    /// The encoding of the stream's items (the connection's, once the producer is gone).
+    fn item_encoding(&self) -> Encoding {
+        self.producer
+            .as_ref()
+            .map_or(self.encoding, |producer| producer.item_encoding)
+    }
+
     /// Whether the envelope being filled would be larger than a frame may be.
     fn run_is_too_large(&self) -> bool {
         let size = match self.run.as_ref().map(|run| run.writer.is_some()) {
@@ -552,10 +559,7 @@ impl Pump {
         self.buffer.truncate(item_start);
         let next = run.first + self.spans.len() as u64;
         self.flush_run(frames, now, timestamp);
-        let item_encoding = self
-            .producer
-            .as_ref()
-            .map_or(self.encoding, |producer| producer.item_encoding);
+        let item_encoding = self.item_encoding();
         let mut run = start_run(&mut self.buffer, &self.stream_id, self.encoding, next);
         let Ok(span) = append_item(&mut run, &mut self.buffer, item_encoding, |out| {
             out.extend_from_slice(&payload);
@@ -776,10 +780,7 @@ impl Pump {
             }
             None => {
                 let payloads = self.buffer.split().freeze();
-                let item_encoding = self
-                    .producer
-                    .as_ref()
-                    .map_or(self.encoding, |producer| producer.item_encoding);
+                let item_encoding = self.item_encoding();
                 let items: Vec<Payload> = self
                     .spans
                     .iter()
