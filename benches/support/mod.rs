@@ -248,3 +248,91 @@ pub async fn receive_raw_frames(
         std::hint::black_box(&buffer);
     }
 }
+
+/// A raw length-prefixed echo server on a free local port, written as a pipelining server is:
+/// frames are read through an 8 KiB buffer and answered into an 8 KiB write buffer, which is
+/// flushed whenever no further request is already buffered (one write for a batch of answers).
+pub async fn pipelined_echo_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let (read, write) = stream.into_split();
+                let mut read = BufReader::with_capacity(RAW_BUFFER, read);
+                let mut write = BufWriter::with_capacity(RAW_BUFFER, write);
+                let mut frame = Vec::new();
+                while read_frame(&mut read, &mut frame).await {
+                    if write.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                    if read.buffer().is_empty() && write.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// Reads one length-prefixed frame, prefix included, into `frame`; false at the end.
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(read: &mut R, frame: &mut Vec<u8>) -> bool {
+    let mut header = [0u8; 4];
+    if read.read_exact(&mut header).await.is_err() {
+        return false;
+    }
+    let length = u32::from_be_bytes(header) as usize;
+    frame.clear();
+    frame.extend_from_slice(&header);
+    frame.resize(4 + length, 0);
+    read.read_exact(&mut frame[4..]).await.is_ok()
+}
+
+/// A connection to a [`pipelined_echo_server`], read and written through 8 KiB buffers.
+pub struct RawPipelined {
+    read: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    write: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    frame: Vec<u8>,
+    answer: Vec<u8>,
+}
+
+impl RawPipelined {
+    /// Connects to `address`; each request is a frame of `size` bytes, length prefix included.
+    pub async fn connect(address: &str, size: usize) -> Self {
+        let stream = TcpStream::connect(address).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (read, write) = stream.into_split();
+        let mut frame = vec![7u8; size];
+        frame[..4].copy_from_slice(&((size - 4) as u32).to_be_bytes());
+        RawPipelined {
+            read: BufReader::with_capacity(RAW_BUFFER, read),
+            write: BufWriter::with_capacity(RAW_BUFFER, write),
+            frame,
+            answer: Vec::new(),
+        }
+    }
+
+    /// `calls` echoes with `in_flight` requests outstanding at a time: a new request goes out
+    /// for each answer read, and the writes are flushed whenever no answer is already buffered.
+    pub async fn calls(&mut self, calls: u64, in_flight: u64) {
+        let mut sent = 0;
+        while sent < calls.min(in_flight) {
+            self.write.write_all(&self.frame).await.unwrap();
+            sent += 1;
+        }
+        self.write.flush().await.unwrap();
+        for _ in 0..calls {
+            assert!(read_frame(&mut self.read, &mut self.answer).await);
+            std::hint::black_box(&self.answer);
+            if sent < calls {
+                self.write.write_all(&self.frame).await.unwrap();
+                sent += 1;
+            }
+            if self.read.buffer().is_empty() {
+                self.write.flush().await.unwrap();
+            }
+        }
+    }
+}
