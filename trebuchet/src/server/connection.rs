@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_service::Service;
 
+use crate::call_slots::CallSlots;
 use crate::codec::{self, encode_or_internal};
 use crate::protocol::{
     CallIdMap, Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response,
@@ -97,6 +98,12 @@ where
     S: Service<Call, Response = Reply, Error = RemoteError> + Send,
     S::Future: Send + 'static,
 {
+    // Every call holds a slot until it is finished, including a started call whose caller
+    // stopped waiting: no new call is read while they are all taken.
+    let slots = CallSlots::new(
+        config.max_in_flight_per_connection,
+        config.max_queued_calls_per_actor,
+    );
     let mut in_flight = FuturesUnordered::new();
     let mut aborts: CallIdMap<AbortHandle> = CallIdMap::default();
     let mut resumptions: FuturesUnordered<Resumption> = FuturesUnordered::new();
@@ -207,7 +214,7 @@ where
                             args: resume.args,
                             metadata: resume.metadata,
                         };
-                        if let Some(finished) = start_call(&mut service, invocation, encoding, &connection, &mut aborts, &mut in_flight).await
+                        if let Some(finished) = start_call(&mut service, invocation, encoding, &connection, &slots, &mut aborts, &mut in_flight).await
                             && answer(&mut io, finished, draining, &mut streams, &config).await.is_err()
                         {
                             break Ending::Closed;
@@ -219,7 +226,10 @@ where
                 tracing::warn!(calls = in_flight.len(), "shutdown grace period over; dropping calls in flight");
                 break Ending::Closed;
             }
-            frame = io.next(), if !draining && in_flight.len() < config.max_in_flight_per_connection => {
+            // Every slot taken: wait until one is released (by a call here, or one that runs
+            // on after a `cancel`).
+            () = slots.freed(), if !draining && slots.is_full() => {}
+            frame = io.next(), if !draining && !slots.is_full() => {
                 let frame = match frame {
                     Some(Ok(frame)) => frame,
                     Some(Err(FrameError::TooLarge { size, max })) => {
@@ -257,7 +267,7 @@ where
                             }
                             continue;
                         }
-                        if let Some(finished) = start_call(&mut service, invocation, frame.encoding, &connection, &mut aborts, &mut in_flight).await
+                        if let Some(finished) = start_call(&mut service, invocation, frame.encoding, &connection, &slots, &mut aborts, &mut in_flight).await
                             && answer(&mut io, finished, draining, &mut streams, &config).await.is_err()
                         {
                             break Ending::Closed;
@@ -438,7 +448,7 @@ fn too_many_streams() -> RemoteError {
     ))
 }
 
-/// Starts a call through the service. A call that completes when first polled (a method that
+/// Starts a call through the service, with one of the connection's slots. A call that completes when first polled (a method that
 /// does not wait: the usual case) is returned, to be answered at once; any other goes into
 /// `in_flight`, where its answer comes out.
 async fn start_call<S>(
@@ -446,6 +456,7 @@ async fn start_call<S>(
     invocation: Invocation,
     encoding: Encoding,
     connection: &Arc<ConnectionInfo>,
+    slots: &Arc<CallSlots>,
     aborts: &mut CallIdMap<AbortHandle>,
     in_flight: &mut FuturesUnordered<InFlight>,
 ) -> Option<Finished>
@@ -455,7 +466,8 @@ where
 {
     let call_id = invocation.call_id;
     let options = StreamOptions::from_metadata(&invocation.metadata);
-    let call = Call::new(invocation, connection.clone());
+    let mut call = Call::new(invocation, connection.clone());
+    call.slot = Some(slots.take());
     let mut future = match service.ready().await {
         Ok(service) => service.call(call).boxed(),
         Err(error) => return Some((call_id, encoding, options, Err(error))),

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::actor::RunToCompletion;
+use crate::call_slots::CallSlot;
 use crate::protocol::{ErrorCode, Invocation, RemoteError};
 use crate::stream::Reply;
 use crate::system::ActorSystem;
@@ -105,6 +106,9 @@ pub struct Call {
     /// What middleware learned about the call, for the layers after it (for example the
     /// authenticated [`crate::middleware::Principal`]).
     pub extensions: http::Extensions,
+    /// The call's share of its connection's in-flight limit (a call from a server connection),
+    /// handed to the actor's call, which holds it until it is finished.
+    pub(crate) slot: Option<CallSlot>,
 }
 
 impl Call {
@@ -114,6 +118,7 @@ impl Call {
             invocation,
             connection,
             extensions: http::Extensions::new(),
+            slot: None,
         }
     }
 }
@@ -160,9 +165,12 @@ impl Service<Call> for ActorService {
     fn call(&mut self, call: Call) -> Self::Future {
         let invocation = &call.invocation;
         match self.system.lookup(&invocation.actor_id) {
-            Some(actor) => {
-                actor.dispatch(&invocation.actor_id, &invocation.method, &invocation.args)
-            }
+            Some(actor) => actor.dispatch(
+                &invocation.actor_id,
+                &invocation.method,
+                &invocation.args,
+                call.slot,
+            ),
             None => {
                 let error = RemoteError::new(
                     ErrorCode::UnknownActor,
@@ -183,7 +191,8 @@ pub struct ServerConfig {
     /// `payload_too_large` error.
     pub max_frame_size: usize,
     /// How many calls of one connection may be in flight before the server stops reading from it
-    /// (default 1024).
+    /// (default 1024). A call counts until it is finished: one that has started in the actor
+    /// runs to its end and keeps counting after a `cancel`.
     pub max_in_flight_per_connection: usize,
     /// How long a connection may take to complete its handshake (default 10 s).
     pub handshake_timeout: Duration,
@@ -192,6 +201,12 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// What the server keeps of each stream so that a client can resume it after a reconnect.
     pub stream_replay: ReplayConfig,
+    /// How many calls from the network may wait for one actor's turn (default 1024); a call
+    /// past that is refused at once with `unavailable`, its `data`
+    /// `{"reason": "actor_queue_full", "limit": N}` ([`crate::actor::QueueFull`]). In-process
+    /// calls are never refused but count among those waiting. Calls a connection abandons
+    /// before their turn leave the queue at once.
+    pub max_queued_calls_per_actor: usize,
 }
 
 impl Default for ServerConfig {
@@ -202,6 +217,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             stream_replay: ReplayConfig::default(),
+            max_queued_calls_per_actor: 1024,
         }
     }
 }
