@@ -17,7 +17,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::call_slots::CallSlots;
-use crate::codec::{self, encode_or_internal};
+use crate::codec::{self, Frame, encode_or_internal};
 use crate::protocol::{
     CallIdMap, Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response,
     StreamError, StreamResume, StreamStart,
@@ -104,6 +104,7 @@ where
         config.max_in_flight_per_connection,
         config.max_queued_calls_per_actor,
     );
+    let mut held: Option<Frame> = None;
     let mut in_flight = FuturesUnordered::new();
     let mut aborts: CallIdMap<AbortHandle> = CallIdMap::default();
     let mut resumptions: FuturesUnordered<Resumption> = FuturesUnordered::new();
@@ -226,10 +227,13 @@ where
                 tracing::warn!(calls = in_flight.len(), "shutdown grace period over; dropping calls in flight");
                 break Ending::Closed;
             }
-            // Every slot taken: wait until one is released (by a call here, or one that runs
-            // on after a `cancel`).
-            () = slots.freed(), if !draining && slots.is_full() => {}
-            frame = io.next(), if !draining && !slots.is_full() => {
+            // Every slot taken and a call read: wait until a slot is released (by a call here,
+            // or one that runs on after a `cancel`).
+            () = slots.freed(), if !draining && held.is_some() && slots.is_full() => {}
+            // Read on while every slot is taken, so that a `cancel` is seen and the peer's
+            // leaving too (which withdraws its queued calls), but hold the first call read
+            // until a slot is free: one frame read ahead at most.
+            frame = next_frame(&mut io, &mut held), if !draining && (held.is_none() || !slots.is_full()) => {
                 let frame = match frame {
                     Some(Ok(frame)) => frame,
                     Some(Err(FrameError::TooLarge { size, max })) => {
@@ -258,6 +262,10 @@ where
                         continue;
                     }
                 };
+                if slots.is_full() && matches!(envelope, Envelope::Invocation(_) | Envelope::StreamResume(_)) {
+                    held = Some(frame);
+                    continue;
+                }
                 match envelope {
                     Envelope::Invocation(invocation) => {
                         let call_id = invocation.call_id;
@@ -357,6 +365,17 @@ where
     drop(signals);
     let _ = io.close().await;
     ending
+}
+
+/// The frame held back while every slot was taken, or else the next one from the peer.
+async fn next_frame<Io: FrameIo>(
+    io: &mut Io,
+    held: &mut Option<Frame>,
+) -> Option<Result<Frame, FrameError>> {
+    match held.take() {
+        Some(frame) => Some(Ok(frame)),
+        None => io.next().await,
+    }
 }
 
 /// A connection's open streams: their pumps, what a `cancel` or the end of each needs to know,

@@ -190,9 +190,10 @@ pub struct ServerConfig {
     /// with `payload_too_large` and the connection is closed; a larger result is replaced by a
     /// `payload_too_large` error.
     pub max_frame_size: usize,
-    /// How many calls of one connection may be in flight before the server stops reading from it
-    /// (default 1024). A call counts until it is finished: one that has started in the actor
-    /// runs to its end and keeps counting after a `cancel`.
+    /// How many calls of one connection may be unfinished (default 1024). A call counts until it
+    /// is finished: one that has started in the actor runs to its end and keeps counting after a
+    /// `cancel`. With all taken, the server reads on (cancels, acks, the peer leaving) but holds
+    /// the next call unread until one finishes.
     pub max_in_flight_per_connection: usize,
     /// How long a connection may take to complete its handshake (default 10 s).
     pub handshake_timeout: Duration,
