@@ -42,6 +42,9 @@ pub trait ActorProtocol: Send + Sync + 'static {
     const TRAIT_NAME: &'static str;
     /// The method names, as written in the trait.
     const METHODS: &'static [&'static str];
+    /// The names of the stream methods (a subset of `METHODS`): only their streams can be
+    /// resumed.
+    const STREAM_METHODS: &'static [&'static str];
     /// A call: method and arguments.
     type Request: Send + 'static;
     /// A method's outcome.
@@ -154,12 +157,14 @@ trait RunCall<P: ActorProtocol>: Send + Sync + 'static {
 
     /// The call's response encoded in `encoding` (a call from the network), in the same one
     /// allocation. A call with a `slot` holds it until it is finished, and is refused if the
-    /// actor's queue is as long as the slot allows.
+    /// actor's queue is as long as the slot allows. A stream it opens keeps `extensions` (what
+    /// middleware learned about the call).
     fn run_encoded(
         self: Arc<Self>,
         request: P::Request,
         encoding: Encoding,
         slot: Option<CallSlot>,
+        extensions: http::Extensions,
     ) -> RunToCompletion<Result<Reply, RemoteError>>;
 
     /// How many calls wait for the actor's turn.
@@ -263,6 +268,7 @@ where
         request: P::Request,
         encoding: Encoding,
         slot: Option<CallSlot>,
+        extensions: http::Extensions,
     ) -> RunToCompletion<Result<Reply, RemoteError>> {
         let bound = slot.as_ref().map(|slot| QueueBound {
             limit: slot.max_queued_per_actor(),
@@ -271,7 +277,13 @@ where
         let call = Turned {
             wait: self.clone().take_turn::<P>(bound),
             turn: None,
-            body: async move { P::encode_response(self.call::<P>(request).await?, encoding) },
+            body: async move {
+                let mut reply = P::encode_response(self.call::<P>(request).await?, encoding)?;
+                if let Reply::Stream(items) = &mut reply {
+                    items.set_opened_with(extensions);
+                }
+                Ok(reply)
+            },
         };
         RunToCompletion::new(Box::pin(call), slot)
     }
@@ -399,7 +411,12 @@ impl<T: Send + 'static> RunToCompletion<T> {
 impl<T: Send + 'static> RunToCompletion<Result<T, RemoteError>> {
     /// A call refused before it reached an actor (an unknown actor or method, bad arguments).
     pub(crate) fn failed(error: RemoteError) -> Self {
-        RunToCompletion::new(Box::pin(std::future::ready(Err(error))), None)
+        Self::done(Err(error))
+    }
+
+    /// A call answered without the actor.
+    pub(crate) fn done(outcome: Result<T, RemoteError>) -> Self {
+        RunToCompletion::new(Box::pin(std::future::ready(outcome)), None)
     }
 }
 
@@ -470,10 +487,14 @@ pub(crate) trait ServedActor: Send + Sync + 'static {
         method: &str,
         args: &Payload,
         slot: Option<CallSlot>,
+        extensions: http::Extensions,
     ) -> RunToCompletion<Result<Reply, RemoteError>>;
 
     /// How many calls wait for the actor's turn.
     fn queued_calls(&self) -> usize;
+
+    /// Whether `method` is a stream method.
+    fn is_stream_method(&self, method: &str) -> bool;
 
     /// The typed handle (a [`LocalActor`]), for in-process calls.
     fn as_any(&self) -> &dyn Any;
@@ -486,16 +507,24 @@ impl<P: ActorProtocol> ServedActor for LocalActor<P> {
         method: &str,
         args: &Payload,
         slot: Option<CallSlot>,
+        extensions: http::Extensions,
     ) -> RunToCompletion<Result<Reply, RemoteError>> {
         let encoding = args.encoding();
         match P::decode_request(method, args) {
-            Ok(request) => self.cell.clone().run_encoded(request, encoding, slot),
+            Ok(request) => self
+                .cell
+                .clone()
+                .run_encoded(request, encoding, slot, extensions),
             Err(error) => RunToCompletion::failed(request_error(actor_id, method, error)),
         }
     }
 
     fn queued_calls(&self) -> usize {
         self.cell.queued_calls()
+    }
+
+    fn is_stream_method(&self, method: &str) -> bool {
+        P::STREAM_METHODS.contains(&method)
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -551,6 +580,7 @@ mod tests {
     impl ActorProtocol for GateProtocol {
         const TRAIT_NAME: &'static str = "Gate";
         const METHODS: &'static [&'static str] = &["pass"];
+        const STREAM_METHODS: &'static [&'static str] = &[];
         type Request = ();
         type Response = ();
 
@@ -650,7 +680,10 @@ mod tests {
         let (gate, actor) = gate();
         let slots = CallSlots::new(8, 1);
         let args = Payload::encode(&(), Encoding::Json).unwrap();
-        let call = || actor.dispatch("gate", "pass", &args, Some(slots.take()));
+        let call = || {
+            let extensions = http::Extensions::new();
+            actor.dispatch("gate", "pass", &args, Some(slots.take()), extensions)
+        };
 
         let mut running = call();
         assert!(poll_once(&mut running).await.is_pending());

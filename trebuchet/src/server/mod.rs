@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use tower_service::Service;
 
 use crate::actor::RunToCompletion;
 use crate::call_slots::CallSlot;
-use crate::protocol::{ErrorCode, Invocation, RemoteError};
+use crate::protocol::{ErrorCode, Invocation, Payload, RemoteError};
 use crate::stream::Reply;
 use crate::system::ActorSystem;
 
@@ -109,6 +109,25 @@ pub struct Call {
     /// The call's share of its connection's in-flight limit (a call from a server connection),
     /// handed to the actor's call, which holds it until it is finished.
     pub(crate) slot: Option<CallSlot>,
+    /// Set when the call is a `streamResume`: checked, not run.
+    pub(crate) resume: Option<Arc<ResumeCheck>>,
+}
+
+/// A `streamResume` presented to the service stack as a call of the stream's method, so that
+/// the middleware checks the caller as for any call. [`ActorService`] does not run the method:
+/// it checks that it is a stream method and records who the caller is, for the server to decide
+/// whether this caller may take the stream over.
+#[derive(Debug, Default)]
+pub(crate) struct ResumeCheck {
+    caller: OnceLock<Option<Principal>>,
+}
+
+impl ResumeCheck {
+    /// The caller as the service saw it; `None` if the service did not check the resume (a
+    /// service written by hand runs the method instead).
+    pub(crate) fn caller(&self) -> Option<Option<&Principal>> {
+        self.caller.get().map(Option::as_ref)
+    }
 }
 
 impl Call {
@@ -119,7 +138,33 @@ impl Call {
             connection,
             extensions: http::Extensions::new(),
             slot: None,
+            resume: None,
         }
+    }
+}
+
+/// Who is calling: set by authentication (see [`crate::middleware`]), read by the layers after it
+/// and by the server, which lets only the principal that opened a stream resume it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// A stable id (an API key's owner, a token's `sub`).
+    pub id: String,
+    /// The roles authorization rules name.
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    /// A principal with `id` and `roles`.
+    pub fn new(id: impl Into<String>, roles: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Principal {
+            id: id.into(),
+            roles: roles.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The principal of `call`, if authentication set one.
+    pub fn of(call: &Call) -> Option<&Principal> {
+        call.extensions.get::<Principal>()
     }
 }
 
@@ -140,7 +185,9 @@ pub struct ConnectionInfo {
 /// The exposed actors of an [`ActorSystem`] as a tower `Service<Call>`.
 ///
 /// Answers `unknown_actor` for an id nothing is exposed under, `unknown_method` and
-/// `bad_request` from the actor's protocol, and otherwise the method's outcome.
+/// `bad_request` from the actor's protocol, and otherwise the method's outcome. A `streamResume`
+/// that reaches it (through the middleware, like a call) is checked, not run: `bad_request` if
+/// its method is not a stream method.
 #[derive(Clone)]
 pub struct ActorService {
     system: ActorSystem,
@@ -162,14 +209,29 @@ impl Service<Call> for ActorService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, call: Call) -> Self::Future {
+    fn call(&mut self, mut call: Call) -> Self::Future {
+        let resume = call.resume.take();
         let invocation = &call.invocation;
         match self.system.lookup(&invocation.actor_id) {
+            Some(actor) if resume.is_some() => {
+                if !actor.is_stream_method(&invocation.method) {
+                    return RunToCompletion::failed(RemoteError::bad_request(format!(
+                        "'{}' is not a stream method of {}: only streams can be resumed",
+                        invocation.method, invocation.actor_id
+                    )));
+                }
+                let encoding = invocation.args.encoding();
+                if let Some(resume) = resume {
+                    let _ = resume.caller.set(call.extensions.remove::<Principal>());
+                }
+                RunToCompletion::done(Ok(Reply::Value(Payload::empty_args(encoding))))
+            }
             Some(actor) => actor.dispatch(
                 &invocation.actor_id,
                 &invocation.method,
                 &invocation.args,
                 call.slot,
+                call.extensions,
             ),
             None => {
                 let error = RemoteError::new(
