@@ -130,7 +130,8 @@ where
 }
 
 /// A stream id: a version 4 UUID from the operating system's random source, since whoever knows
-/// the id of a stream can resume it.
+/// the id of a stream opened without an authenticated principal can resume it (the id is then a
+/// bearer secret); a stream opened by a principal can be resumed only by that principal.
 fn new_stream_id() -> Arc<str> {
     let mut random = [0u8; 16];
     if getrandom::fill(&mut random).is_err() {

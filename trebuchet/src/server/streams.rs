@@ -7,7 +7,12 @@
 //! [`ReplayConfig::detached_timeout`]; a `streamResume` on any connection of the same server
 //! takes the stream over, replays what the client has not seen and continues live. A resume can
 //! also arrive before the server has noticed that the old connection is gone (the usual case when
-//! a client reconnects at once): the old connection is then asked to hand the stream over.
+//! a client reconnects at once): the old connection is then asked to hand the stream over, and
+//! tells its client that the stream was resumed elsewhere.
+//!
+//! Only the principal whose call opened a stream may take it over (the resume passes through the
+//! middleware like a call, which tells who is asking); a stream opened without one can be taken
+//! over by whoever knows its id, a random UUID that is then a bearer secret.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
