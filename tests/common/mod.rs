@@ -5,6 +5,7 @@ mod actors;
 pub mod aws;
 pub mod fault;
 pub mod proxy;
+pub mod raw;
 
 pub use actors::*;
 use trebuchet::{

@@ -166,6 +166,11 @@ fn expand_protocol(
          `#[distributed_actor]`."
     );
     let wire_names: Vec<&str> = actor.methods.iter().map(|m| m.wire_name.as_str()).collect();
+    let stream_names = actor
+        .methods
+        .iter()
+        .filter(|m| m.stream_item.is_some())
+        .map(|m| m.wire_name.as_str());
 
     let decoders = actor.methods.iter().map(|method| {
         let (wire_name, variant) = (&method.wire_name, &method.variant);
@@ -223,6 +228,7 @@ fn expand_protocol(
         impl #krate::ActorProtocol for #protocol {
             const TRAIT_NAME: &'static str = #trait_name;
             const METHODS: &'static [&'static str] = &[#(#wire_names),*];
+            const STREAM_METHODS: &'static [&'static str] = &[#(#stream_names),*];
             type Request = #request;
             type Response = #response;
 

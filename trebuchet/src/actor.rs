@@ -3,9 +3,16 @@
 //!
 //! An exposed actor takes one call at a time: calls, whether they come in-process or from the
 //! network, wait for the actor's turn in the order they arrived and run one after another, so an
-//! actor sees one message at a time. A call that has been made always runs to its end, even if
-//! its caller stops waiting (see [`LocalActor`]). Waiting calls are held by their callers (a
-//! server connection has a bounded number in flight), so nothing queues without bound.
+//! actor sees one message at a time. A call whose caller stops waiting (a timeout, a `cancel`, a
+//! lost connection) before it got the actor's turn is withdrawn: it never runs. A call that has
+//! started always runs to its end, even if its caller stops waiting (see [`RunToCompletion`]).
+//!
+//! Nothing queues without bound: waiting calls are held by their callers. A server connection
+//! counts each of its calls against its in-flight limit until the call is finished, and a call
+//! from the network is refused with `unavailable` when its actor already has
+//! `ServerConfig::max_queued_calls_per_actor` calls waiting. An in-process caller
+//! ([`LocalActor::ask`]) is never refused: what it queues is bounded by how many calls it waits
+//! for at once.
 
 use std::any::Any;
 use std::fmt;
@@ -14,14 +21,15 @@ use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 
+use crate::call_slots::CallSlot;
 use crate::protocol::{Encoding, Payload, PayloadError, RemoteError};
 use crate::stream::Reply;
 
@@ -34,6 +42,9 @@ pub trait ActorProtocol: Send + Sync + 'static {
     const TRAIT_NAME: &'static str;
     /// The method names, as written in the trait.
     const METHODS: &'static [&'static str];
+    /// The names of the stream methods (a subset of `METHODS`): only their streams can be
+    /// resumed.
+    const STREAM_METHODS: &'static [&'static str];
     /// A call: method and arguments.
     type Request: Send + 'static;
     /// A method's outcome.
@@ -132,6 +143,8 @@ struct ActorCell<A> {
     /// One permit: the call holding it runs. tokio's semaphore is fair, so calls get their turn
     /// in the order they asked for it.
     turn: Semaphore,
+    /// How many calls wait for the turn.
+    queued: AtomicUsize,
 }
 
 /// Runs one call on an actor cell (erases the actor type behind its protocol).
@@ -143,18 +156,67 @@ trait RunCall<P: ActorProtocol>: Send + Sync + 'static {
     ) -> RunToCompletion<Result<P::Response, RemoteError>>;
 
     /// The call's response encoded in `encoding` (a call from the network), in the same one
-    /// allocation.
+    /// allocation. A call with a `slot` holds it until it is finished, and is refused if the
+    /// actor's queue is as long as the slot allows. A stream it opens keeps `extensions` (what
+    /// middleware learned about the call).
     fn run_encoded(
         self: Arc<Self>,
         request: P::Request,
         encoding: Encoding,
+        slot: Option<CallSlot>,
+        extensions: http::Extensions,
     ) -> RunToCompletion<Result<Reply, RemoteError>>;
+
+    /// How many calls wait for the actor's turn.
+    fn queued_calls(&self) -> usize;
+}
+
+/// How long a queue a call may join, and the encoding of the error that refuses it.
+struct QueueBound {
+    limit: usize,
+    encoding: Encoding,
+}
+
+/// The `data` of the `unavailable` error that refuses a call because too many calls wait for
+/// its actor already: `{"reason": "actor_queue_full", "limit": N}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct QueueFull {
+    /// `"actor_queue_full"`.
+    pub reason: String,
+    /// How many calls may wait for one actor (`ServerConfig::max_queued_calls_per_actor`).
+    pub limit: u64,
 }
 
 impl<A: Send + Sync + 'static> ActorCell<A> {
-    /// Waits for the actor's turn and runs `request` (a panic becomes an `internal` error).
+    /// Waits for the actor's turn. Without the wait when nobody holds it; refused with
+    /// `unavailable` if `bound` says the queue is full.
+    async fn take_turn<P: ActorProtocol>(
+        self: Arc<Self>,
+        bound: Option<QueueBound>,
+    ) -> Result<HeldTurn<A>, RemoteError> {
+        match self.turn.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::Closed) => return Err(stopped::<P>()),
+            Err(TryAcquireError::NoPermits) => {
+                let before = self.queued.fetch_add(1, Ordering::AcqRel);
+                let _waiting = Waiting(&self.queued);
+                if let Some(bound) = bound
+                    && before >= bound.limit
+                {
+                    return Err(queue_full::<P>(bound));
+                }
+                self.turn
+                    .acquire()
+                    .await
+                    .map_err(|_| stopped::<P>())?
+                    .forget();
+            }
+        }
+        Ok(HeldTurn(self))
+    }
+
+    /// Runs `request` (a panic becomes an `internal` error); the caller holds the turn.
     async fn call<P: Dispatch<A>>(&self, request: P::Request) -> Result<P::Response, RemoteError> {
-        let _turn = self.turn.acquire().await.map_err(|_| stopped::<P>())?;
         AssertUnwindSafe(P::handle(&self.actor, request))
             .catch_unwind()
             .await
@@ -163,6 +225,24 @@ impl<A: Send + Sync + 'static> ActorCell<A> {
                 tracing::error!(actor = P::TRAIT_NAME, panic = %what, "actor method panicked");
                 RemoteError::internal(format!("the actor method panicked: {what}"))
             })
+    }
+}
+
+/// A call counted among those waiting for the turn, until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The actor's turn, held by a call; passed on to the next call when dropped.
+struct HeldTurn<A>(Arc<ActorCell<A>>);
+
+impl<A> Drop for HeldTurn<A> {
+    fn drop(&mut self) {
+        self.0.turn.add_permits(1);
     }
 }
 
@@ -175,17 +255,41 @@ where
         self: Arc<Self>,
         request: P::Request,
     ) -> RunToCompletion<Result<P::Response, RemoteError>> {
-        RunToCompletion::new(Box::pin(async move { self.call::<P>(request).await }))
+        let call = Turned {
+            wait: self.clone().take_turn::<P>(None),
+            turn: None,
+            body: async move { self.call::<P>(request).await },
+        };
+        RunToCompletion::new(Box::pin(call), None)
     }
 
     fn run_encoded(
         self: Arc<Self>,
         request: P::Request,
         encoding: Encoding,
+        slot: Option<CallSlot>,
+        extensions: http::Extensions,
     ) -> RunToCompletion<Result<Reply, RemoteError>> {
-        RunToCompletion::new(Box::pin(async move {
-            P::encode_response(self.call::<P>(request).await?, encoding)
-        }))
+        let bound = slot.as_ref().map(|slot| QueueBound {
+            limit: slot.max_queued_per_actor(),
+            encoding,
+        });
+        let call = Turned {
+            wait: self.clone().take_turn::<P>(bound),
+            turn: None,
+            body: async move {
+                let mut reply = P::encode_response(self.call::<P>(request).await?, encoding)?;
+                if let Reply::Stream(items) = &mut reply {
+                    items.set_opened_with(extensions);
+                }
+                Ok(reply)
+            },
+        };
+        RunToCompletion::new(Box::pin(call), slot)
+    }
+
+    fn queued_calls(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 }
 
@@ -200,19 +304,90 @@ impl<P: ActorProtocol> LocalActor<P> {
             cell: Arc::new(ActorCell {
                 actor,
                 turn: Semaphore::new(1),
+                queued: AtomicUsize::new(0),
             }),
         }
     }
 
     /// Runs `request` on the actor when its turn comes, and returns the answer.
+    ///
+    /// An in-process call is never refused for a long queue: it waits for as long as its caller
+    /// keeps waiting, so the caller's own concurrency bounds what it queues. Dropping the future
+    /// before the call got the actor's turn withdraws the call (it never runs); dropping it
+    /// later lets it run to its end (see [`RunToCompletion`]).
     pub async fn ask(&self, request: P::Request) -> Result<P::Response, RemoteError> {
         self.cell.clone().run(request).await
     }
+
+    /// How many calls wait for the actor's turn now (not counting the one that holds it).
+    pub fn queued_calls(&self) -> usize {
+        self.cell.queued_calls()
+    }
 }
 
-/// A call that, once made, always runs to its end, like a message in a mailbox: if the caller
-/// stops waiting (a timeout, a `cancel`, a lost connection), the rest of the call moves to a task
-/// of its own instead of being dropped halfway through the actor's method.
+pin_project_lite::pin_project! {
+    /// A call on an actor: waiting for the actor's turn (`wait`), then running `body` with it.
+    struct Turned<W, H, B> {
+        #[pin]
+        wait: W,
+        turn: Option<H>,
+        #[pin]
+        body: B,
+    }
+}
+
+impl<W, H, B, T> Future for Turned<W, H, B>
+where
+    W: Future<Output = Result<H, RemoteError>>,
+    B: Future<Output = Result<T, RemoteError>>,
+{
+    type Output = Result<T, RemoteError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if this.turn.is_none() {
+            match ready!(this.wait.poll(cx)) {
+                Ok(turn) => *this.turn = Some(turn),
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+        let output = ready!(this.body.poll(cx));
+        // The next call's turn comes now, not when this future is dropped.
+        *this.turn = None;
+        Poll::Ready(output)
+    }
+}
+
+/// A call's future as [`RunToCompletion`] drives it.
+trait CallFuture<T>: Future<Output = T> + Send {
+    /// Whether the call holds the actor's turn (it has started and not finished).
+    fn started(&self) -> bool;
+}
+
+impl<W, H, B, T> CallFuture<Result<T, RemoteError>> for Turned<W, H, B>
+where
+    W: Future<Output = Result<H, RemoteError>> + Send,
+    H: Send,
+    B: Future<Output = Result<T, RemoteError>> + Send,
+{
+    fn started(&self) -> bool {
+        self.turn.is_some()
+    }
+}
+
+impl<T: Send> CallFuture<T> for std::future::Ready<T> {
+    fn started(&self) -> bool {
+        false
+    }
+}
+
+/// A call on an actor, like a message in a mailbox with a withdrawal: if the caller stops
+/// waiting (a timeout, a `cancel`, a lost connection) before the call got the actor's turn, the
+/// call is dropped and never runs; once it has started, it runs to its end, the rest of it
+/// moving to a task of its own instead of being dropped halfway through the actor's method.
+///
+/// A call from a server connection holds a share of that connection's in-flight limit until it
+/// is finished, on that task too: work a connection caused counts against it until it is done.
 ///
 /// While nobody else holds the actor's turn, the call runs on the caller's own task, with no
 /// hand-off to another task: that is what makes an in-process call cost less than a mailbox
@@ -220,19 +395,28 @@ impl<P: ActorProtocol> LocalActor<P> {
 ///
 /// It is also the future of [`crate::ActorService`]'s calls.
 pub struct RunToCompletion<T: Send + 'static> {
-    call: Option<BoxFuture<'static, T>>,
+    call: Option<Pin<Box<dyn CallFuture<T>>>>,
+    slot: Option<CallSlot>,
 }
 
 impl<T: Send + 'static> RunToCompletion<T> {
-    fn new(call: BoxFuture<'static, T>) -> Self {
-        RunToCompletion { call: Some(call) }
+    fn new(call: Pin<Box<dyn CallFuture<T>>>, slot: Option<CallSlot>) -> Self {
+        RunToCompletion {
+            call: Some(call),
+            slot,
+        }
     }
 }
 
 impl<T: Send + 'static> RunToCompletion<Result<T, RemoteError>> {
     /// A call refused before it reached an actor (an unknown actor or method, bad arguments).
     pub(crate) fn failed(error: RemoteError) -> Self {
-        RunToCompletion::new(Box::pin(std::future::ready(Err(error))))
+        Self::done(Err(error))
+    }
+
+    /// A call answered without the actor.
+    pub(crate) fn done(outcome: Result<T, RemoteError>) -> Self {
+        RunToCompletion::new(Box::pin(std::future::ready(outcome)), None)
     }
 }
 
@@ -245,6 +429,7 @@ impl<T: Send + 'static> Future for RunToCompletion<T> {
         };
         let output = ready!(call.as_mut().poll(cx));
         self.call = None;
+        self.slot = None;
         Poll::Ready(output)
     }
 }
@@ -252,15 +437,35 @@ impl<T: Send + 'static> Future for RunToCompletion<T> {
 impl<T: Send + 'static> Drop for RunToCompletion<T> {
     fn drop(&mut self) {
         if let Some(rest) = self.call.take()
+            && rest.started()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(rest);
+            let slot = self.slot.take();
+            runtime.spawn(async move {
+                rest.await;
+                drop(slot);
+            });
         }
     }
 }
 
 fn stopped<P: ActorProtocol>() -> RemoteError {
     RemoteError::unavailable(format!("the {} actor has stopped", P::TRAIT_NAME))
+}
+
+fn queue_full<P: ActorProtocol>(bound: QueueBound) -> RemoteError {
+    let data = QueueFull {
+        reason: "actor_queue_full".to_owned(),
+        limit: bound.limit as u64,
+    };
+    RemoteError {
+        data: Payload::encode(&data, bound.encoding).ok(),
+        ..RemoteError::unavailable(format!(
+            "{} calls already wait for this {} actor",
+            bound.limit,
+            P::TRAIT_NAME
+        ))
+    }
 }
 
 fn panic_message(panic: &Box<dyn Any + Send>) -> String {
@@ -281,7 +486,15 @@ pub(crate) trait ServedActor: Send + Sync + 'static {
         actor_id: &str,
         method: &str,
         args: &Payload,
+        slot: Option<CallSlot>,
+        extensions: http::Extensions,
     ) -> RunToCompletion<Result<Reply, RemoteError>>;
+
+    /// How many calls wait for the actor's turn.
+    fn queued_calls(&self) -> usize;
+
+    /// Whether `method` is a stream method.
+    fn is_stream_method(&self, method: &str) -> bool;
 
     /// The typed handle (a [`LocalActor`]), for in-process calls.
     fn as_any(&self) -> &dyn Any;
@@ -293,12 +506,25 @@ impl<P: ActorProtocol> ServedActor for LocalActor<P> {
         actor_id: &str,
         method: &str,
         args: &Payload,
+        slot: Option<CallSlot>,
+        extensions: http::Extensions,
     ) -> RunToCompletion<Result<Reply, RemoteError>> {
         let encoding = args.encoding();
         match P::decode_request(method, args) {
-            Ok(request) => self.cell.clone().run_encoded(request, encoding),
+            Ok(request) => self
+                .cell
+                .clone()
+                .run_encoded(request, encoding, slot, extensions),
             Err(error) => RunToCompletion::failed(request_error(actor_id, method, error)),
         }
+    }
+
+    fn queued_calls(&self) -> usize {
+        self.cell.queued_calls()
+    }
+
+    fn is_stream_method(&self, method: &str) -> bool {
+        P::STREAM_METHODS.contains(&method)
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -329,5 +555,161 @@ pub fn encode_outcome<T: Serialize, E: ActorError>(
             .map(Reply::Value)
             .map_err(|error| RemoteError::internal(format!("cannot encode the result: {error}"))),
         Err(error) => Err(RemoteError::from_actor_error(&error, encoding)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::call_slots::CallSlots;
+    use crate::protocol::ErrorCode;
+
+    /// An actor whose one method waits for a permit the test gives, counting the calls that
+    /// started and those that finished.
+    struct Gate {
+        started: AtomicU64,
+        finished: AtomicU64,
+        open: Semaphore,
+    }
+
+    struct GateProtocol;
+
+    impl ActorProtocol for GateProtocol {
+        const TRAIT_NAME: &'static str = "Gate";
+        const METHODS: &'static [&'static str] = &["pass"];
+        const STREAM_METHODS: &'static [&'static str] = &[];
+        type Request = ();
+        type Response = ();
+
+        fn decode_request(method: &str, _args: &Payload) -> Result<(), DecodeRequestError> {
+            match method {
+                "pass" => Ok(()),
+                _ => Err(DecodeRequestError::UnknownMethod),
+            }
+        }
+
+        fn encode_request(
+            _request: &(),
+            encoding: Encoding,
+        ) -> Result<(&'static str, Payload), PayloadError> {
+            Ok(("pass", Payload::encode(&(), encoding)?))
+        }
+
+        fn encode_response(_response: (), encoding: Encoding) -> Result<Reply, RemoteError> {
+            encode_outcome::<(), RemoteError>(Ok(()), encoding)
+        }
+    }
+
+    impl Dispatch<Arc<Gate>> for GateProtocol {
+        async fn handle(gate: &Arc<Gate>, _request: ()) {
+            gate.started.fetch_add(1, Ordering::SeqCst);
+            gate.open.acquire().await.unwrap().forget();
+            gate.finished.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn gate() -> (Arc<Gate>, LocalActor<GateProtocol>) {
+        let gate = Arc::new(Gate {
+            started: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            open: Semaphore::new(0),
+        });
+        (gate.clone(), LocalActor::new(gate))
+    }
+
+    /// Polls `future` once, on this task.
+    async fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *future).poll(cx))).await
+    }
+
+    async fn eventually(what: &str, condition: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !condition() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("not within 10 s: {what}"));
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_turn_never_runs() {
+        let (gate, actor) = gate();
+        let mut first = Box::pin(actor.ask(()));
+        assert!(poll_once(&mut first).await.is_pending());
+        let mut second = Box::pin(actor.ask(()));
+        assert!(poll_once(&mut second).await.is_pending());
+        assert_eq!(actor.queued_calls(), 1);
+        drop(second);
+        assert_eq!(actor.queued_calls(), 0);
+        gate.open.add_permits(1);
+        first.await.unwrap();
+        assert_eq!(
+            gate.started.load(Ordering::SeqCst),
+            1,
+            "the dropped call ran"
+        );
+        // The turn went on to the next call.
+        gate.open.add_permits(1);
+        actor.ask(()).await.unwrap();
+        assert_eq!(gate.finished.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_after_it_started_runs_to_its_end() {
+        let (gate, actor) = gate();
+        let mut call = Box::pin(actor.ask(()));
+        assert!(poll_once(&mut call).await.is_pending());
+        assert_eq!(gate.started.load(Ordering::SeqCst), 1);
+        drop(call);
+        gate.open.add_permits(1);
+        eventually("the started call finished", || {
+            gate.finished.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        gate.open.add_permits(1);
+        actor.ask(()).await.unwrap();
+        assert_eq!(gate.finished.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_started_call_holds_its_slot_until_it_ends_and_a_full_queue_refuses() {
+        let (gate, actor) = gate();
+        let slots = CallSlots::new(8, 1);
+        let args = Payload::encode(&(), Encoding::Json).unwrap();
+        let call = || {
+            let extensions = http::Extensions::new();
+            actor.dispatch("gate", "pass", &args, Some(slots.take()), extensions)
+        };
+
+        let mut running = call();
+        assert!(poll_once(&mut running).await.is_pending());
+        let mut queued = call();
+        assert!(poll_once(&mut queued).await.is_pending());
+        let refused = call().await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Unavailable);
+        let data: QueueFull = refused.data.expect("data").decode().unwrap();
+        assert_eq!(
+            data,
+            QueueFull {
+                reason: "actor_queue_full".into(),
+                limit: 1
+            }
+        );
+        assert_eq!(slots.taken(), 2);
+
+        // Withdrawn before its turn: its slot is free at once. Started: it keeps its slot on
+        // its own task until it ends.
+        drop(queued);
+        assert_eq!(slots.taken(), 1);
+        drop(running);
+        assert_eq!(slots.taken(), 1);
+        gate.open.add_permits(1);
+        eventually("the started call released its slot", || slots.taken() == 0).await;
+        assert_eq!(gate.started.load(Ordering::SeqCst), 1);
+        assert_eq!(gate.finished.load(Ordering::SeqCst), 1);
     }
 }

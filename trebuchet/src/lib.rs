@@ -53,6 +53,7 @@
 #![warn(missing_docs)]
 
 pub mod actor;
+mod call_slots;
 pub mod client;
 pub mod codec;
 mod deadlines;

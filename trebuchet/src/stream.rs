@@ -242,6 +242,9 @@ impl fmt::Debug for PayloadBatch {
 pub struct ItemStream {
     items: Pin<Box<dyn ItemSource>>,
     encoding: Encoding,
+    /// What middleware learned about the call that opened the stream (its principal may resume
+    /// it).
+    opened_with: http::Extensions,
 }
 
 /// What an [`ItemStream`] hides: a typed stream and the encoding of its items.
@@ -307,6 +310,7 @@ impl ItemStream {
                 write,
             }),
             encoding,
+            opened_with: http::Extensions::new(),
         }
     }
 
@@ -323,6 +327,7 @@ impl ItemStream {
                 },
             }),
             encoding,
+            opened_with: http::Extensions::new(),
         }
     }
 
@@ -347,6 +352,18 @@ impl ItemStream {
         out: &mut bytes::BytesMut,
     ) -> Poll<Option<Result<(), RemoteError>>> {
         self.items.as_mut().poll_write(cx, out)
+    }
+}
+
+impl ItemStream {
+    /// Records what middleware learned about the call that opened the stream.
+    pub(crate) fn set_opened_with(&mut self, extensions: http::Extensions) {
+        self.opened_with = extensions;
+    }
+
+    /// What middleware learned about the call that opened the stream.
+    pub(crate) fn opened_with(&self) -> &http::Extensions {
+        &self.opened_with
     }
 }
 

@@ -115,6 +115,14 @@ impl ActorSystem {
         actors.remove(id).is_some()
     }
 
+    /// How many calls wait for the turn of the actor exposed as `id` now, not counting the one
+    /// that holds it (`None` if no actor is active under `id`). See
+    /// [`crate::ServerConfig::max_queued_calls_per_actor`].
+    pub fn queued_calls(&self, id: &str) -> Option<usize> {
+        let actors = self.inner.actors.read().unwrap_or_else(|e| e.into_inner());
+        actors.get(id).map(|actor| actor.queued_calls())
+    }
+
     /// The ids of the exposed actors, sorted.
     pub fn actor_ids(&self) -> Vec<String> {
         let actors = self.inner.actors.read().unwrap_or_else(|e| e.into_inner());

@@ -37,6 +37,7 @@ use tower_service::Service;
 
 use crate::actor::{Actor, Dispatch};
 use crate::protocol::RemoteError;
+pub use crate::server::Principal;
 use crate::server::{Call, ServerConfig, ServerHandle};
 use crate::stream::Reply;
 use crate::system::{ActorSystem, ExposeError};
@@ -52,30 +53,6 @@ pub use authorization::{ANONYMOUS_ROLE, AuthorizationLayer, Rbac};
 pub use rate_limit::{RateLimitLayer, RetryAfter};
 pub use trace::{TraceContext, TraceLayer};
 pub use validation::ValidationLayer;
-
-/// Who is calling: set by authentication, read by the layers after it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Principal {
-    /// A stable id (an API key's owner, a token's `sub`).
-    pub id: String,
-    /// The roles authorization rules name.
-    pub roles: Vec<String>,
-}
-
-impl Principal {
-    /// A principal with `id` and `roles`.
-    pub fn new(id: impl Into<String>, roles: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        Principal {
-            id: id.into(),
-            roles: roles.into_iter().map(Into::into).collect(),
-        }
-    }
-
-    /// The principal of `call`, if authentication set one.
-    pub fn of(call: &Call) -> Option<&Principal> {
-        call.extensions.get::<Principal>()
-    }
-}
 
 /// A check that runs before a call goes on: it may reject the call (with the error to send back)
 /// or annotate it for the layers after it. Each middleware here is one.

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::codec::{self, encode_or_internal};
+use crate::call_slots::CallSlots;
+use crate::codec::{self, Frame, encode_or_internal};
 use crate::protocol::{
     CallIdMap, Encoding, Envelope, ErrorCode, Invocation, Payload, RemoteError, Response,
     StreamError, StreamResume, StreamStart,
@@ -25,7 +26,7 @@ use crate::server::streams::{
     ConnectionSignal, Handover, HandoverSender, PUMP_BATCH, Producer, Pump, StreamOptions,
     StreamRegistry,
 };
-use crate::server::{Call, ConnectionInfo, ServerConfig};
+use crate::server::{Call, ConnectionInfo, ResumeCheck, ServerConfig};
 use crate::stream::Reply;
 use crate::transport::{FrameError, FrameIo};
 
@@ -40,12 +41,97 @@ struct OpenStream {
     encoding: Encoding,
 }
 
-/// A `streamResume` being served: the stream taken over from wherever it was (`None`: this
-/// server does not have it any more).
-type Resumption = BoxFuture<'static, (StreamResume, Encoding, Option<Box<Producer>>)>;
+/// A `streamResume` being served: checked by the service stack, then the stream taken over from
+/// wherever it was.
+type Resumption = BoxFuture<'static, (StreamResume, Encoding, Resumed)>;
+
+/// What came of a `streamResume`.
+enum Resumed {
+    /// The stream, taken over for this connection.
+    Taken(Box<Producer>),
+    /// This server does not have the stream (any more): it is restarted.
+    Gone,
+    /// Refused by the middleware, because its method is not a stream method, or because
+    /// another principal opened the stream.
+    Refused(RemoteError),
+    /// The service ran the method itself (a service written by hand, which does not know
+    /// resumptions): its answer, as to a restart.
+    Answered(Result<Reply, RemoteError>),
+}
+
+/// The `data` of the `streamError` that tells a connection its stream was resumed on another
+/// one: `{"reason": "resumed_elsewhere"}`.
+#[derive(serde::Serialize)]
+struct ResumedElsewhere {
+    reason: &'static str,
+}
+
+fn resumed_elsewhere(encoding: Encoding) -> RemoteError {
+    let data = ResumedElsewhere {
+        reason: "resumed_elsewhere",
+    };
+    RemoteError {
+        data: Payload::encode(&data, encoding).ok(),
+        ..RemoteError::unavailable("the stream was resumed on another connection")
+    }
+}
+
+/// Presents `resume` to the service stack as a call of the stream's method (with one of the
+/// connection's slots), so the middleware checks its caller as for any call; the service checks
+/// that the method is a stream method and says who the caller is, and only then is the stream
+/// taken over, if that caller may (see [`StreamRegistry::take`]).
+async fn resume_through<S>(
+    service: &mut S,
+    resume: StreamResume,
+    encoding: Encoding,
+    connection: &Arc<ConnectionInfo>,
+    slots: &Arc<CallSlots>,
+    registry: Arc<StreamRegistry>,
+) -> Resumption
+where
+    S: Service<Call, Response = Reply, Error = RemoteError> + Send,
+    S::Future: Send + 'static,
+{
+    let invocation = Invocation {
+        call_id: resume.call_id.unwrap_or(0),
+        actor_id: resume.actor_id.clone(),
+        method: resume.method.clone(),
+        args: resume.args.clone(),
+        metadata: resume.metadata.clone(),
+    };
+    let check = Arc::new(ResumeCheck::default());
+    let mut call = Call::new(invocation, connection.clone());
+    call.slot = Some(slots.take());
+    call.resume = Some(check.clone());
+    let checked = match service.ready().await {
+        Ok(service) => service.call(call).boxed(),
+        Err(error) => {
+            return Box::pin(std::future::ready((
+                resume,
+                encoding,
+                Resumed::Refused(error),
+            )));
+        }
+    };
+    Box::pin(async move {
+        let resumed = match checked.await {
+            Err(error) => Resumed::Refused(error),
+            Ok(reply) => match check.caller() {
+                Some(caller) => match registry.take(&resume.stream_id, caller).await {
+                    Ok(Some(producer)) => Resumed::Taken(producer),
+                    Ok(None) => Resumed::Gone,
+                    Err(error) => Resumed::Refused(error),
+                },
+                None => Resumed::Answered(Ok(reply)),
+            },
+        };
+        (resume, encoding, resumed)
+    })
+}
 
 /// A stream id: a version 4 UUID from the operating system's random source, since whoever knows
-/// the id of a stream can resume it.
+/// the id of a stream opened without an authenticated principal can resume it (the id is then a
+/// bearer secret); a stream opened by a principal can be resumed only by that principal.
 fn new_stream_id() -> Arc<str> {
     let mut random = [0u8; 16];
     if getrandom::fill(&mut random).is_err() {
@@ -97,6 +183,13 @@ where
     S: Service<Call, Response = Reply, Error = RemoteError> + Send,
     S::Future: Send + 'static,
 {
+    // Every call holds a slot until it is finished, including a started call whose caller
+    // stopped waiting: no new call is read while they are all taken.
+    let slots = CallSlots::new(
+        config.max_in_flight_per_connection,
+        config.max_queued_calls_per_actor,
+    );
+    let mut held: Option<Frame> = None;
     let mut in_flight = FuturesUnordered::new();
     let mut aborts: CallIdMap<AbortHandle> = CallIdMap::default();
     let mut resumptions: FuturesUnordered<Resumption> = FuturesUnordered::new();
@@ -143,7 +236,14 @@ where
             }
             Some(signal) = signals.recv() => match signal {
                 // A client resumed one of our streams on another connection: it has left this one.
-                ConnectionSignal::Handover(request) => hand_over(request, &mut streams.pumps, &mut streams.open),
+                // The client that opened it is told.
+                ConnectionSignal::Handover(request) => {
+                    if let Some(lost) = hand_over(request, &mut streams.pumps, &mut streams.open)
+                        && send_stream_error(&mut io, &lost.stream_id, resumed_elsewhere(lost.encoding), lost.encoding).await.is_err()
+                    {
+                        break Ending::Closed;
+                    }
+                }
                 ConnectionSignal::Shutdown if !draining => {
                     draining = true;
                     grace.as_mut().reset(tokio::time::Instant::now() + config.shutdown_grace);
@@ -161,7 +261,25 @@ where
                 }
                 ConnectionSignal::Shutdown => {}
             },
-            Some((resume, encoding, producer)) = resumptions.next(), if !resumptions.is_empty() => {
+            Some((resume, encoding, resumed)) = resumptions.next(), if !resumptions.is_empty() => {
+                let producer = match resumed {
+                    Resumed::Refused(error) => {
+                        if send_stream_error(&mut io, &resume.stream_id, error, encoding).await.is_err() {
+                            break Ending::Closed;
+                        }
+                        continue;
+                    }
+                    Resumed::Answered(outcome) => {
+                        let call_id = resume.call_id.unwrap_or(0);
+                        let options = StreamOptions::from_metadata(&resume.metadata);
+                        if answer(&mut io, (call_id, encoding, options, outcome), draining, &mut streams, &config).await.is_err() {
+                            break Ending::Closed;
+                        }
+                        continue;
+                    }
+                    Resumed::Taken(producer) => Some(producer),
+                    Resumed::Gone => None,
+                };
                 let call_id = resume.call_id.or(producer.as_ref().map(|producer| producer.original_call_id)).unwrap_or(0);
                 if let Err(error) = call_id_free(call_id, &aborts, &streams.open) {
                     if let Some(producer) = producer {
@@ -186,7 +304,7 @@ where
                         }
                         tracing::debug!(stream_id = %resume.stream_id, last_sequence = resume.last_sequence, "stream resumed");
                         let stream_id: Arc<str> = Arc::from(resume.stream_id.as_str());
-                        registry.attach(stream_id.clone(), &handovers);
+                        registry.attach(stream_id.clone(), &producer, &handovers);
                         streams.pumps.push(Pump::new(stream_id.clone(), call_id, encoding, producer, registry.clone(), config.max_frame_size));
                         streams.open.insert(call_id, OpenStream { stream_id, encoding });
                     }
@@ -207,7 +325,7 @@ where
                             args: resume.args,
                             metadata: resume.metadata,
                         };
-                        if let Some(finished) = start_call(&mut service, invocation, encoding, &connection, &mut aborts, &mut in_flight).await
+                        if let Some(finished) = start_call(&mut service, invocation, encoding, &connection, &slots, &mut aborts, &mut in_flight).await
                             && answer(&mut io, finished, draining, &mut streams, &config).await.is_err()
                         {
                             break Ending::Closed;
@@ -219,7 +337,13 @@ where
                 tracing::warn!(calls = in_flight.len(), "shutdown grace period over; dropping calls in flight");
                 break Ending::Closed;
             }
-            frame = io.next(), if !draining && in_flight.len() < config.max_in_flight_per_connection => {
+            // Every slot taken and a call read: wait until a slot is released (by a call here,
+            // or one that runs on after a `cancel`).
+            () = slots.freed(), if !draining && held.is_some() && slots.is_full() => {}
+            // Read on while every slot is taken, so that a `cancel` is seen and the peer's
+            // leaving too (which withdraws its queued calls), but hold the first call read
+            // until a slot is free: one frame read ahead at most.
+            frame = next_frame(&mut io, &mut held), if !draining && (held.is_none() || !slots.is_full()) => {
                 let frame = match frame {
                     Some(Ok(frame)) => frame,
                     Some(Err(FrameError::TooLarge { size, max })) => {
@@ -248,6 +372,10 @@ where
                         continue;
                     }
                 };
+                if slots.is_full() && matches!(envelope, Envelope::Invocation(_) | Envelope::StreamResume(_)) {
+                    held = Some(frame);
+                    continue;
+                }
                 match envelope {
                     Envelope::Invocation(invocation) => {
                         let call_id = invocation.call_id;
@@ -257,7 +385,7 @@ where
                             }
                             continue;
                         }
-                        if let Some(finished) = start_call(&mut service, invocation, frame.encoding, &connection, &mut aborts, &mut in_flight).await
+                        if let Some(finished) = start_call(&mut service, invocation, frame.encoding, &connection, &slots, &mut aborts, &mut in_flight).await
                             && answer(&mut io, finished, draining, &mut streams, &config).await.is_err()
                         {
                             break Ending::Closed;
@@ -287,12 +415,8 @@ where
                         }
                     }
                     Envelope::StreamResume(resume) => {
-                        let registry = registry.clone();
-                        let encoding = frame.encoding;
-                        resumptions.push(Box::pin(async move {
-                            let producer = registry.take(&resume.stream_id).await;
-                            (resume, encoding, producer)
-                        }));
+                        let resumption = resume_through(&mut service, resume, frame.encoding, &connection, &slots, registry.clone()).await;
+                        resumptions.push(resumption);
                     }
                     other => {
                         let call_id = match &other {
@@ -347,6 +471,17 @@ where
     drop(signals);
     let _ = io.close().await;
     ending
+}
+
+/// The frame held back while every slot was taken, or else the next one from the peer.
+async fn next_frame<Io: FrameIo>(
+    io: &mut Io,
+    held: &mut Option<Frame>,
+) -> Option<Result<Frame, FrameError>> {
+    match held.take() {
+        Some(frame) => Some(Ok(frame)),
+        None => io.next().await,
+    }
 }
 
 /// A connection's open streams: their pumps, what a `cancel` or the end of each needs to know,
@@ -438,7 +573,7 @@ fn too_many_streams() -> RemoteError {
     ))
 }
 
-/// Starts a call through the service. A call that completes when first polled (a method that
+/// Starts a call through the service, with one of the connection's slots. A call that completes when first polled (a method that
 /// does not wait: the usual case) is returned, to be answered at once; any other goes into
 /// `in_flight`, where its answer comes out.
 async fn start_call<S>(
@@ -446,6 +581,7 @@ async fn start_call<S>(
     invocation: Invocation,
     encoding: Encoding,
     connection: &Arc<ConnectionInfo>,
+    slots: &Arc<CallSlots>,
     aborts: &mut CallIdMap<AbortHandle>,
     in_flight: &mut FuturesUnordered<InFlight>,
 ) -> Option<Finished>
@@ -455,7 +591,8 @@ where
 {
     let call_id = invocation.call_id;
     let options = StreamOptions::from_metadata(&invocation.metadata);
-    let call = Call::new(invocation, connection.clone());
+    let mut call = Call::new(invocation, connection.clone());
+    call.slot = Some(slots.take());
     let mut future = match service.ready().await {
         Ok(service) => service.call(call).boxed(),
         Err(error) => return Some((call_id, encoding, options, Err(error))),
@@ -494,26 +631,23 @@ type InFlight = BoxFuture<
 >;
 
 /// Gives the stream `request` asks for to the connection that asked (if this one still pumps it).
+/// Returns the stream handed over, whose client is to be told.
 fn hand_over(
     request: Handover,
     streams: &mut SelectAll<Pump>,
     open_streams: &mut CallIdMap<OpenStream>,
-) {
-    let Some(pump) = streams
+) -> Option<OpenStream> {
+    let pump = streams
         .iter_mut()
-        .find(|pump| pump.stream_id == request.stream_id)
-    else {
-        return;
-    };
-    let Some(producer) = pump.take_producer() else {
-        return;
-    };
+        .find(|pump| pump.stream_id == request.stream_id)?;
+    let producer = pump.take_producer()?;
     match request.reply.send(producer) {
-        Ok(()) => {
-            open_streams.remove(&pump.call_id);
-        }
+        Ok(()) => open_streams.remove(&pump.call_id),
         // The resuming side gave up waiting: keep pumping it here.
-        Err(producer) => pump.restore_producer(producer),
+        Err(producer) => {
+            pump.restore_producer(producer);
+            None
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::actor::RunToCompletion;
-use crate::protocol::{ErrorCode, Invocation, RemoteError};
+use crate::call_slots::CallSlot;
+use crate::protocol::{ErrorCode, Invocation, Payload, RemoteError};
 use crate::stream::Reply;
 use crate::system::ActorSystem;
 
@@ -105,6 +106,28 @@ pub struct Call {
     /// What middleware learned about the call, for the layers after it (for example the
     /// authenticated [`crate::middleware::Principal`]).
     pub extensions: http::Extensions,
+    /// The call's share of its connection's in-flight limit (a call from a server connection),
+    /// handed to the actor's call, which holds it until it is finished.
+    pub(crate) slot: Option<CallSlot>,
+    /// Set when the call is a `streamResume`: checked, not run.
+    pub(crate) resume: Option<Arc<ResumeCheck>>,
+}
+
+/// A `streamResume` presented to the service stack as a call of the stream's method, so that
+/// the middleware checks the caller as for any call. [`ActorService`] does not run the method:
+/// it checks that it is a stream method and records who the caller is, for the server to decide
+/// whether this caller may take the stream over.
+#[derive(Debug, Default)]
+pub(crate) struct ResumeCheck {
+    caller: OnceLock<Option<Principal>>,
+}
+
+impl ResumeCheck {
+    /// The caller as the service saw it; `None` if the service did not check the resume (a
+    /// service written by hand runs the method instead).
+    pub(crate) fn caller(&self) -> Option<Option<&Principal>> {
+        self.caller.get().map(Option::as_ref)
+    }
 }
 
 impl Call {
@@ -114,7 +137,34 @@ impl Call {
             invocation,
             connection,
             extensions: http::Extensions::new(),
+            slot: None,
+            resume: None,
         }
+    }
+}
+
+/// Who is calling: set by authentication (see [`crate::middleware`]), read by the layers after it
+/// and by the server, which lets only the principal that opened a stream resume it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// A stable id (an API key's owner, a token's `sub`).
+    pub id: String,
+    /// The roles authorization rules name.
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    /// A principal with `id` and `roles`.
+    pub fn new(id: impl Into<String>, roles: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Principal {
+            id: id.into(),
+            roles: roles.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The principal of `call`, if authentication set one.
+    pub fn of(call: &Call) -> Option<&Principal> {
+        call.extensions.get::<Principal>()
     }
 }
 
@@ -135,7 +185,9 @@ pub struct ConnectionInfo {
 /// The exposed actors of an [`ActorSystem`] as a tower `Service<Call>`.
 ///
 /// Answers `unknown_actor` for an id nothing is exposed under, `unknown_method` and
-/// `bad_request` from the actor's protocol, and otherwise the method's outcome.
+/// `bad_request` from the actor's protocol, and otherwise the method's outcome. A `streamResume`
+/// that reaches it (through the middleware, like a call) is checked, not run: `bad_request` if
+/// its method is not a stream method.
 #[derive(Clone)]
 pub struct ActorService {
     system: ActorSystem,
@@ -157,12 +209,30 @@ impl Service<Call> for ActorService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, call: Call) -> Self::Future {
+    fn call(&mut self, mut call: Call) -> Self::Future {
+        let resume = call.resume.take();
         let invocation = &call.invocation;
         match self.system.lookup(&invocation.actor_id) {
-            Some(actor) => {
-                actor.dispatch(&invocation.actor_id, &invocation.method, &invocation.args)
+            Some(actor) if resume.is_some() => {
+                if !actor.is_stream_method(&invocation.method) {
+                    return RunToCompletion::failed(RemoteError::bad_request(format!(
+                        "'{}' is not a stream method of {}: only streams can be resumed",
+                        invocation.method, invocation.actor_id
+                    )));
+                }
+                let encoding = invocation.args.encoding();
+                if let Some(resume) = resume {
+                    let _ = resume.caller.set(call.extensions.remove::<Principal>());
+                }
+                RunToCompletion::done(Ok(Reply::Value(Payload::empty_args(encoding))))
             }
+            Some(actor) => actor.dispatch(
+                &invocation.actor_id,
+                &invocation.method,
+                &invocation.args,
+                call.slot,
+                call.extensions,
+            ),
             None => {
                 let error = RemoteError::new(
                     ErrorCode::UnknownActor,
@@ -182,8 +252,10 @@ pub struct ServerConfig {
     /// with `payload_too_large` and the connection is closed; a larger result is replaced by a
     /// `payload_too_large` error.
     pub max_frame_size: usize,
-    /// How many calls of one connection may be in flight before the server stops reading from it
-    /// (default 1024).
+    /// How many calls of one connection may be unfinished (default 1024). A call counts until it
+    /// is finished: one that has started in the actor runs to its end and keeps counting after a
+    /// `cancel`. With all taken, the server reads on (cancels, acks, the peer leaving) but holds
+    /// the next call unread until one finishes.
     pub max_in_flight_per_connection: usize,
     /// How long a connection may take to complete its handshake (default 10 s).
     pub handshake_timeout: Duration,
@@ -192,6 +264,12 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// What the server keeps of each stream so that a client can resume it after a reconnect.
     pub stream_replay: ReplayConfig,
+    /// How many calls from the network may wait for one actor's turn (default 1024); a call
+    /// past that is refused at once with `unavailable`, its `data`
+    /// `{"reason": "actor_queue_full", "limit": N}` ([`crate::actor::QueueFull`]). In-process
+    /// calls are never refused but count among those waiting. Calls a connection abandons
+    /// before their turn leave the queue at once.
+    pub max_queued_calls_per_actor: usize,
 }
 
 impl Default for ServerConfig {
@@ -202,6 +280,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             stream_replay: ReplayConfig::default(),
+            max_queued_calls_per_actor: 1024,
         }
     }
 }

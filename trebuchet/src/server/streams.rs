@@ -7,7 +7,12 @@
 //! [`ReplayConfig::detached_timeout`]; a `streamResume` on any connection of the same server
 //! takes the stream over, replays what the client has not seen and continues live. A resume can
 //! also arrive before the server has noticed that the old connection is gone (the usual case when
-//! a client reconnects at once): the old connection is then asked to hand the stream over.
+//! a client reconnects at once): the old connection is then asked to hand the stream over, and
+//! tells its client that the stream was resumed elsewhere.
+//!
+//! Only the principal whose call opened a stream may take it over (the resume passes through the
+//! middleware like a call, which tells who is asking); a stream opened without one can be taken
+//! over by whoever knows its id, a random UUID that is then a bearer secret.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -27,6 +32,7 @@ use crate::protocol::{
     Encoding, Envelope, ErrorCode, Metadata, Payload, RemoteError, STREAM_BATCH_METADATA,
     STREAM_WINDOW_METADATA, StreamEnd, StreamError,
 };
+use crate::server::Principal;
 use crate::stream::ItemStream;
 
 /// How much of each stream a server keeps for clients that resume it after a reconnect, and for
@@ -299,6 +305,8 @@ pub(crate) struct Producer {
     terminal: Option<Terminal>,
     /// The `callId` of the call that opened the stream.
     pub(crate) original_call_id: u64,
+    /// The principal of the call that opened the stream: only it may resume the stream.
+    pub(crate) opener: Option<Principal>,
     /// Per-stream flow control, if the client asked for it: the most items sent and not yet
     /// acknowledged.
     window: Option<u64>,
@@ -334,6 +342,7 @@ impl Producer {
             to_replay: VecDeque::new(),
             terminal: None,
             original_call_id: call_id,
+            opener: None,
             window,
             acked: 0,
             unacked_bytes: 0,
@@ -909,8 +918,11 @@ pub(crate) enum ConnectionSignal {
 pub(crate) type HandoverSender = mpsc::UnboundedSender<ConnectionSignal>;
 
 enum Slot {
-    /// Pumped by a connection, which hands it over on request.
-    Live(HandoverSender),
+    /// Pumped by a connection, which hands it over on request (to the principal that opened it).
+    Live {
+        handovers: HandoverSender,
+        opener: Option<Principal>,
+    },
     /// Its connection went away; dropped at the end of the detached timeout unless resumed.
     Parked {
         producer: Box<Producer>,
@@ -937,7 +949,7 @@ impl Slots {
         match &slot {
             Slot::Parked { producer, .. } if producer.terminal.is_some() => self.ended += 1,
             Slot::Parked { .. } => self.parked += 1,
-            Slot::Live(_) => {}
+            Slot::Live { .. } => {}
         }
         let old = self.by_id.insert(stream_id, slot);
         self.count_out(&old);
@@ -953,7 +965,7 @@ impl Slots {
         match old {
             Some(Slot::Parked { producer, .. }) if producer.terminal.is_some() => self.ended -= 1,
             Some(Slot::Parked { .. }) => self.parked -= 1,
-            Some(Slot::Live(_)) | None => {}
+            Some(Slot::Live { .. }) | None => {}
         }
     }
 }
@@ -980,7 +992,8 @@ impl StreamRegistry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A new stream's producer, registered as live on the connection behind `handovers`.
+    /// A new stream's producer, registered as live on the connection behind `handovers`; the
+    /// principal of the call that opened it (if any) is the only one that may resume it.
     pub(crate) fn open(
         &self,
         stream_id: Arc<str>,
@@ -989,14 +1002,25 @@ impl StreamRegistry {
         items: ItemStream,
         handovers: &HandoverSender,
     ) -> Box<Producer> {
-        self.attach(stream_id, handovers);
-        Box::new(Producer::new(items, call_id, options, self.config.clone()))
+        let opener = items.opened_with().get::<Principal>().cloned();
+        let mut producer = Box::new(Producer::new(items, call_id, options, self.config.clone()));
+        producer.opener = opener;
+        self.attach(stream_id, &producer, handovers);
+        producer
     }
 
-    /// Registers a stream as live on the connection behind `handovers`.
-    pub(crate) fn attach(&self, stream_id: Arc<str>, handovers: &HandoverSender) {
-        self.slots()
-            .insert(stream_id, Slot::Live(handovers.clone()));
+    /// Registers the stream of `producer` as live on the connection behind `handovers`.
+    pub(crate) fn attach(
+        &self,
+        stream_id: Arc<str>,
+        producer: &Producer,
+        handovers: &HandoverSender,
+    ) {
+        let live = Slot::Live {
+            handovers: handovers.clone(),
+            opener: producer.opener.clone(),
+        };
+        self.slots().insert(stream_id, live);
     }
 
     /// Forgets a stream that ended or was cancelled.
@@ -1074,21 +1098,42 @@ impl StreamRegistry {
         }
     }
 
-    /// Takes a stream over for a connection that resumes it: from the parking, or from the
-    /// connection that still pumps it. `None` if this server does not have it (any more).
-    pub(crate) async fn take(&self, stream_id: &str) -> Option<Box<Producer>> {
+    /// Takes a stream over for `caller`, a connection that resumes it: from the parking, or
+    /// from the connection that still pumps it. `Ok(None)` if this server does not have it (any
+    /// more); `forbidden` if another principal opened it (a stream opened without a principal
+    /// may be taken by whoever knows its id).
+    pub(crate) async fn take(
+        &self,
+        stream_id: &str,
+        caller: Option<&Principal>,
+    ) -> Result<Option<Box<Producer>>, RemoteError> {
         // A connection that is asked for a stream but ends before answering parks it instead:
         // then look again.
         for _ in 0..4 {
             let owner = {
                 let mut slots = self.slots();
-                match slots.get(stream_id)? {
-                    Slot::Live(owner) => owner.clone(),
+                let Some(slot) = slots.get(stream_id) else {
+                    return Ok(None);
+                };
+                let opener = match slot {
+                    Slot::Live { opener, .. } => opener.as_ref(),
+                    Slot::Parked { producer, .. } => producer.opener.as_ref(),
+                };
+                if let Some(opener) = opener
+                    && caller.is_none_or(|caller| caller.id != opener.id)
+                {
+                    return Err(RemoteError::new(
+                        ErrorCode::Forbidden,
+                        "this stream was opened by another principal",
+                    ));
+                }
+                match slot {
+                    Slot::Live { handovers, .. } => handovers.clone(),
                     Slot::Parked { .. } => {
-                        return match slots.remove(stream_id) {
+                        return Ok(match slots.remove(stream_id) {
                             Some(Slot::Parked { producer, .. }) => Some(producer),
                             _ => None,
-                        };
+                        });
                     }
                 }
             };
@@ -1104,16 +1149,16 @@ impl StreamRegistry {
             match tokio::time::timeout(self.config.handover_timeout, handed).await {
                 Ok(Ok(producer)) => {
                     self.close(stream_id);
-                    return Some(producer);
+                    return Ok(Some(producer));
                 }
                 Ok(Err(_)) => tokio::task::yield_now().await,
                 Err(_) => {
                     tracing::warn!(%stream_id, "the connection with this stream did not hand it over in time");
-                    return None;
+                    return Ok(None);
                 }
             }
         }
-        None
+        Ok(None)
     }
 }
 
@@ -1458,11 +1503,11 @@ mod tests {
             ..ReplayConfig::default()
         });
         registry.park(Arc::from("a"), producer(3, ReplayConfig::default()));
-        assert!(registry.take("a").await.is_some());
-        assert!(registry.take("a").await.is_none());
+        assert!(registry.take("a", None).await.unwrap().is_some());
+        assert!(registry.take("a", None).await.unwrap().is_none());
         registry.park(Arc::from("b"), producer(3, ReplayConfig::default()));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(registry.take("b").await.is_none());
+        assert!(registry.take("b", None).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -1475,7 +1520,10 @@ mod tests {
             registry.park(Arc::from(id), producer(3, ReplayConfig::default()));
         }
         assert_eq!(registry.slots().parked, 2);
-        assert!(registry.take("c").await.is_none(), "over the limit");
+        assert!(
+            registry.take("c", None).await.unwrap().is_none(),
+            "over the limit"
+        );
         // Ended streams have a budget of their own.
         let mut ended = producer(3, ReplayConfig::default());
         ended.terminal = Some(Terminal::End);
@@ -1487,7 +1535,7 @@ mod tests {
         // The client acknowledging every item releases an ended stream at once.
         registry.acknowledge_ended("e", 0);
         assert_eq!(registry.slots().ended, 0);
-        assert!(registry.take("a").await.is_some());
+        assert!(registry.take("a", None).await.unwrap().is_some());
         assert_eq!(registry.slots().parked, 1);
         // Parking a stream again (it ended after a resume) does not count it twice.
         registry.park(Arc::from("b"), producer(3, ReplayConfig::default()));
@@ -1512,7 +1560,7 @@ mod tests {
             assert_eq!(&*request.stream_id, "c");
             let _ = request.reply.send(producer);
         });
-        assert!(registry.take("c").await.is_some());
+        assert!(registry.take("c", None).await.unwrap().is_some());
         owner.await.unwrap();
     }
 }
