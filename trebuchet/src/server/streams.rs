@@ -3,8 +3,9 @@
 //! reconnects can resume them (`streamResume`) without missing or repeating an item.
 //!
 //! A stream is *live* while a connection pumps it. When that connection goes away, its live
-//! streams are *parked* here (the actor's producer is kept, not dropped) for
-//! [`ReplayConfig::detached_timeout`]; a `streamResume` on any connection of the same server
+//! streams are *parked* here (the actor's producer is kept, and pulled into the replay buffer
+//! by a task of its own) for [`ReplayConfig::detached_timeout`]; a `streamResume` on any
+//! connection of the same server
 //! takes the stream over, replays what the client has not seen and continues live. A resume can
 //! also arrive before the server has noticed that the old connection is gone (the usual case when
 //! a client reconnects at once): the old connection is then asked to hand the stream over.
@@ -37,6 +38,12 @@ use crate::stream::ItemStream;
 /// last one it saw, if the buffer still holds them all; otherwise the server restarts the stream
 /// (the same call again) and the client reports a [`crate::StreamGap`].
 ///
+/// While a stream is parked (its connection went away, for up to `detached_timeout`), the
+/// server keeps taking items from the actor's stream into its buffer, so that a client that
+/// resumes gets what happened while it was away: as far as the stream's window allows, and
+/// without flow control as far as the buffer keeps without dropping an item the client may not
+/// have seen; then the actor's stream waits for the resume.
+///
 /// A stream with flow control never has more items unacknowledged than the buffer keeps, so
 /// that a resume can always be served: the limits also cap the window a client gets. The Rust
 /// client copes with a smaller window than it asked for (it acknowledges sooner), but a buffer
@@ -54,8 +61,8 @@ pub struct ReplayConfig {
     pub max_bytes: usize,
     /// Items older than this are dropped from the buffer (default 30 s).
     pub max_age: Duration,
-    /// How long a stream whose connection went away waits to be resumed before its producer is
-    /// dropped (default 30 s).
+    /// How long a stream whose connection went away waits to be resumed (its items pulled into
+    /// the buffer meanwhile) before its producer is dropped (default 30 s).
     pub detached_timeout: Duration,
     /// How long a resume waits for the connection that still has the stream to hand it over
     /// (default 5 s); past it the stream is restarted.
