@@ -180,9 +180,9 @@ async fn changes_stream_every_committed_state() {
     let counter = StoredCounter::new(store, "c");
     let mut changes = Box::pin(counter.state.changes());
     counter.increment(1).await.unwrap();
-    assert_eq!(changes.next().await.unwrap().value, 1);
+    assert_eq!(changes.next().await.unwrap().unwrap().value, 1);
     counter.increment(2).await.unwrap();
-    assert_eq!(changes.next().await.unwrap().value, 3);
+    assert_eq!(changes.next().await.unwrap().unwrap().value, 3);
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 //! more items.
 
 mod common;
+#[path = "../examples/shared/counter_actor.rs"]
+mod counter_actor;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -44,6 +46,19 @@ async fn client_through(
     proxy: &CuttingProxy,
     window: u64,
 ) -> ProbeClient {
+    // The client lives as long as the returned actor handle does.
+    connect_through(wire, system, proxy, window)
+        .await
+        .actor("probe")
+}
+
+/// A connection through `proxy`, as [`client_through`] makes it.
+async fn connect_through(
+    wire: Wire,
+    system: &ActorSystem,
+    proxy: &CuttingProxy,
+    window: u64,
+) -> trebuchet::Client {
     let mut config = ClientConfig::default();
     config.encoding = match wire {
         Wire::WebSocketJson => Encoding::Json,
@@ -57,9 +72,7 @@ async fn client_through(
         Wire::Tcp => Transport::Tcp(proxy.addr().to_string()),
         _ => Transport::WebSocket(format!("ws://{}/", proxy.addr())),
     };
-    let client = system.connect_with(transport, config).await.unwrap();
-    // The client lives as long as the returned actor handle does.
-    client.actor("probe")
+    system.connect_with(transport, config).await.unwrap()
 }
 
 /// `count` items through a proxy that cuts the connection every 100 items: all arrive, in order,
@@ -318,4 +331,241 @@ async fn stream_resume_in_json_continues_or_restarts() {
     }
     assert_eq!(next_json(&mut second).await["type"], "streamEnd");
     server.shutdown().await;
+}
+
+/// A state stream misses nothing while its client is away: the server keeps pulling a parked
+/// stream into its replay buffer, and the client's resume replays it.
+mod state_catch_up {
+    use std::sync::Arc;
+
+    use super::*;
+    use trebuchet::state::MemoryStateStore;
+
+    use super::counter_actor::{
+        Counter, CounterClient, CounterError, CounterState, PersistentCounter,
+    };
+    use trebuchet::ActorStream;
+    use trebuchet::state::{State, StatefulActor};
+
+    /// `observe()` and `observe_state()` subscribed through a proxy; the connection is cut and
+    /// the client kept away (the proxy sends it nowhere) while another client makes 5
+    /// increments; then the client comes back and resumes: both streams give all 5 changes, in
+    /// order, and no gap.
+    async fn changes_made_while_away_are_replayed(wire: Wire) {
+        let counter = PersistentCounter::new(Arc::new(MemoryStateStore::new()));
+        changes_while_away(wire, counter.into_actor(), true).await;
+    }
+
+    /// A counter whose state keeps only 2 commits for a subscriber that has not taken them.
+    struct TightCounter {
+        state: State<CounterState>,
+    }
+
+    impl Counter for TightCounter {
+        async fn increment(&self, by: u64) -> Result<u64, CounterError> {
+            self.state
+                .update(|state| {
+                    state.value += by;
+                    Ok(state.value)
+                })
+                .await
+        }
+
+        async fn get(&self) -> Result<u64, CounterError> {
+            Ok(self.state.get().await?.value)
+        }
+
+        async fn observe(&self) -> Result<ActorStream<u64>, CounterError> {
+            Err(CounterError::Overflow)
+        }
+    }
+
+    impl StatefulActor for TightCounter {
+        type State = CounterState;
+        fn state(&self) -> &State<CounterState> {
+            &self.state
+        }
+    }
+
+    /// The changes made while the client is away are more than the state keeps for a
+    /// subscriber: they come all the same, since the server pulls the parked stream as they
+    /// are made.
+    async fn changes_beyond_the_state_buffer_are_replayed(wire: Wire) {
+        let state = State::new(Arc::new(MemoryStateStore::new()), "tight").with_change_buffer(2);
+        changes_while_away(wire, TightCounter { state }.into_actor(), false).await;
+    }
+
+    /// The scenario of [`changes_made_while_away_are_replayed`] with `actor` (and `observe()`
+    /// too if `with_observe`).
+    async fn changes_while_away<P, A>(wire: Wire, actor: trebuchet::Actor<P, A>, with_observe: bool)
+    where
+        P: trebuchet::Dispatch<A>,
+        A: Send + Sync + 'static,
+    {
+        let system = ActorSystem::new();
+        system.expose("counter", actor).unwrap();
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let server = match wire {
+            Wire::Tcp => {
+                trebuchet::transport::tcp::serve(addr, system.service(), ServerConfig::default())
+                    .await
+            }
+            _ => {
+                trebuchet::transport::websocket::serve(
+                    addr,
+                    system.service(),
+                    ServerConfig::default(),
+                )
+                .await
+            }
+        }
+        .unwrap();
+        let direct = match wire {
+            Wire::Tcp => Transport::Tcp(server.local_addr().to_string()),
+            _ => Transport::WebSocket(server.url().to_owned()),
+        };
+        let other: CounterClient = system.connect(direct).await.unwrap().actor("counter");
+        let proxy = CuttingProxy::start(server.local_addr()).await;
+        let away: CounterClient = connect_through(wire, &system, &proxy, 4096)
+            .await
+            .actor("counter");
+        let mut values = match with_observe {
+            true => Some(away.observe().await.unwrap()),
+            false => None,
+        };
+        let mut states = away.observe_state().await.unwrap();
+        assert_eq!(other.increment(1).await.unwrap(), 1);
+        if let Some(values) = values.as_mut() {
+            assert_eq!(values.next().await.unwrap().unwrap(), 1);
+        }
+        assert_eq!(states.next().await.unwrap().unwrap().value, 1);
+
+        let nowhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nowhere_addr = nowhere.local_addr().unwrap();
+        drop(nowhere);
+        proxy.redirect(nowhere_addr);
+        proxy.cut();
+        for expected in 2..=6 {
+            assert_eq!(other.increment(1).await.unwrap(), expected);
+        }
+        proxy.redirect(server.local_addr());
+
+        let within = Duration::from_secs(10);
+        // An error (a gap above all) fails the test.
+        if let Some(values) = values.as_mut() {
+            let values: Vec<u64> = tokio::time::timeout(
+                within,
+                values.by_ref().take(5).map(Result::unwrap).collect(),
+            )
+            .await
+            .expect("the values made while away did not come");
+            assert_eq!(values, vec![2, 3, 4, 5, 6]);
+        }
+        let states: Vec<u64> = tokio::time::timeout(
+            within,
+            states
+                .by_ref()
+                .take(5)
+                .map(|state| state.unwrap().value)
+                .collect(),
+        )
+        .await
+        .expect("the states committed while away did not come");
+        assert_eq!(states, vec![2, 3, 4, 5, 6]);
+        assert!(proxy.connections() >= 2, "the client did not reconnect");
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn state_changes_while_away_over_tcp() {
+        changes_made_while_away_are_replayed(Wire::Tcp).await;
+    }
+
+    #[tokio::test]
+    async fn state_changes_while_away_over_websocket() {
+        changes_made_while_away_are_replayed(Wire::WebSocketBincode).await;
+    }
+
+    #[tokio::test]
+    async fn state_changes_while_away_over_websocket_json() {
+        changes_made_while_away_are_replayed(Wire::WebSocketJson).await;
+    }
+
+    /// A remote subscriber that falls further behind than the state keeps for it (here: it
+    /// reads nothing, and its window of 2 items is full) is not skipped ahead silently: after
+    /// the items it was sent, it gets a `StreamGap` error numbered after them, and the stream
+    /// ends.
+    async fn a_subscriber_that_falls_behind_gets_a_gap(wire: Wire) {
+        let system = ActorSystem::new();
+        let state = State::new(Arc::new(MemoryStateStore::new()), "tight").with_change_buffer(2);
+        system
+            .expose("counter", TightCounter { state }.into_actor())
+            .unwrap();
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config = ServerConfig::default();
+        let server = match wire {
+            Wire::Tcp => trebuchet::transport::tcp::serve(addr, system.service(), config).await,
+            _ => trebuchet::transport::websocket::serve(addr, system.service(), config).await,
+        }
+        .unwrap();
+        let mut config = ClientConfig::default();
+        config.stream_window = 2;
+        let transport = match wire {
+            Wire::Tcp => Transport::Tcp(server.local_addr().to_string()),
+            _ => Transport::WebSocket(server.url().to_owned()),
+        };
+        let counter: CounterClient = system
+            .connect_with(transport, config)
+            .await
+            .unwrap()
+            .actor("counter");
+        let mut states = counter.observe_state().await.unwrap();
+        for expected in 1..=8 {
+            assert_eq!(counter.increment(1).await.unwrap(), expected);
+        }
+        let within = Duration::from_secs(10);
+        let mut seen = Vec::new();
+        let gap = loop {
+            match tokio::time::timeout(within, states.next()).await.unwrap() {
+                Some(Ok(state)) => seen.push(state.value),
+                Some(Err(error)) => {
+                    break error
+                        .stream_gap()
+                        .unwrap_or_else(|| panic!("not a gap: {error}"));
+                }
+                None => panic!("the stream ended without a gap after {seen:?}"),
+            }
+        };
+        assert_eq!(seen, vec![1, 2], "the window's items, then the gap");
+        assert_eq!(
+            gap,
+            trebuchet::StreamGap {
+                last_sequence: 2,
+                resumed_at: None
+            }
+        );
+        let end = tokio::time::timeout(within, states.next()).await.unwrap();
+        assert!(end.is_none(), "the stream ends at the gap");
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_state_subscriber_that_falls_behind_gets_a_gap_over_tcp() {
+        a_subscriber_that_falls_behind_gets_a_gap(Wire::Tcp).await;
+    }
+
+    #[tokio::test]
+    async fn a_state_subscriber_that_falls_behind_gets_a_gap_over_websocket() {
+        a_subscriber_that_falls_behind_gets_a_gap(Wire::WebSocketJson).await;
+    }
+
+    #[tokio::test]
+    async fn state_changes_beyond_the_state_buffer_over_tcp() {
+        changes_beyond_the_state_buffer_are_replayed(Wire::Tcp).await;
+    }
+
+    #[tokio::test]
+    async fn state_changes_beyond_the_state_buffer_over_websocket() {
+        changes_beyond_the_state_buffer_are_replayed(Wire::WebSocketBincode).await;
+    }
 }

@@ -28,8 +28,8 @@ pub trait Counter {
     async fn increment(&self, by: u64) -> Result<u64, CounterError>;
     /// The current value.
     async fn get(&self) -> Result<u64, CounterError>;
-    /// The counter's value after each change from now on, as it happens (a slow reader skips to
-    /// the latest value).
+    /// The counter's value after each change from now on, every one in order (a reader that
+    /// falls more than 1024 changes behind gets a gap error and the stream ends).
     #[stream]
     async fn observe(&self) -> Result<ActorStream<u64>, CounterError>;
 }
@@ -69,9 +69,9 @@ impl Counter for PersistentCounter {
     }
 
     async fn observe(&self) -> Result<ActorStream<u64>, CounterError> {
-        Ok(ActorStream::new(
-            self.state.changes().map(|state: CounterState| state.value),
-        ))
+        Ok(ActorStream::from_results(self.state.changes().map(
+            |state: Result<CounterState, RemoteError>| state.map(|state| state.value),
+        )))
     }
 }
 

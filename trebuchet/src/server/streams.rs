@@ -3,8 +3,9 @@
 //! reconnects can resume them (`streamResume`) without missing or repeating an item.
 //!
 //! A stream is *live* while a connection pumps it. When that connection goes away, its live
-//! streams are *parked* here (the actor's producer is kept, not dropped) for
-//! [`ReplayConfig::detached_timeout`]; a `streamResume` on any connection of the same server
+//! streams are *parked* here (the actor's producer is kept, and pulled into the replay buffer
+//! by a task of its own) for [`ReplayConfig::detached_timeout`]; a `streamResume` on any
+//! connection of the same server
 //! takes the stream over, replays what the client has not seen and continues live. A resume can
 //! also arrive before the server has noticed that the old connection is gone (the usual case when
 //! a client reconnects at once): the old connection is then asked to hand the stream over, and
@@ -17,11 +18,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -43,6 +44,12 @@ use crate::stream::ItemStream;
 /// last one it saw, if the buffer still holds them all; otherwise the server restarts the stream
 /// (the same call again) and the client reports a [`crate::StreamGap`].
 ///
+/// While a stream is parked (its connection went away, for up to `detached_timeout`), the
+/// server keeps taking items from the actor's stream into its buffer, so that a client that
+/// resumes gets what happened while it was away: as far as the stream's window allows, and
+/// without flow control as far as the buffer keeps without dropping an item the client may not
+/// have seen; then the actor's stream waits for the resume.
+///
 /// A stream with flow control never has more items unacknowledged than the buffer keeps, so
 /// that a resume can always be served: the limits also cap the window a client gets. The Rust
 /// client copes with a smaller window than it asked for (it acknowledges sooner), but a buffer
@@ -60,8 +67,8 @@ pub struct ReplayConfig {
     pub max_bytes: usize,
     /// Items older than this are dropped from the buffer (default 30 s).
     pub max_age: Duration,
-    /// How long a stream whose connection went away waits to be resumed before its producer is
-    /// dropped (default 30 s).
+    /// How long a stream whose connection went away waits to be resumed (its items pulled into
+    /// the buffer meanwhile) before its producer is dropped (default 30 s).
     pub detached_timeout: Duration,
     /// How long a resume waits for the connection that still has the stream to hand it over
     /// (default 5 s); past it the stream is restarted.
@@ -319,6 +326,12 @@ pub(crate) struct Producer {
     /// The most items per envelope the client takes (see [`StreamOptions::batch`]).
     batch: usize,
     config: Arc<ReplayConfig>,
+    /// Set while the stream is parked and pulled into its replay buffer for a client that is
+    /// away: it then goes only as far as the buffer keeps without dropping an item.
+    detached: bool,
+    /// The frame limit of the connection that pumped it last (what it is pulled within while
+    /// parked).
+    max_frame_size: usize,
 }
 
 impl Producer {
@@ -349,7 +362,20 @@ impl Producer {
             waiting_for_ack: None,
             batch: options.batch,
             config,
+            detached: false,
+            max_frame_size: usize::MAX,
         }
+    }
+
+    /// Whether no more may be taken from the actor's stream for now: its window is full (see
+    /// [`window_is_full`](Self::window_is_full)), or, while parked, its replay buffer is (the
+    /// client acknowledges nothing while it is away, so what is pulled waits there for it).
+    fn must_wait(&self) -> bool {
+        self.window
+            .is_some_and(|window| self.window_is_full(window))
+            || (self.detached
+                && (self.replay.len() >= self.config.max_items
+                    || self.replay.bytes >= self.config.max_bytes))
     }
 
     /// Whether the client must acknowledge before more is sent: `window` items, or as many
@@ -384,12 +410,12 @@ impl Producer {
     /// item the client has not acknowledged (the window bounds those: at most `max_items`
     /// items, and `max_bytes` plus one item).
     fn trim(&mut self) {
-        // With flow control, only items the client has acknowledged may go.
-        let removable = |replay: &ReplayBuffer| match self.window {
-            Some(_) => usize::try_from((self.acked + 1).saturating_sub(replay.first))
+        // With flow control, and while parked, only items the client has acknowledged may go.
+        let removable = |replay: &ReplayBuffer| match self.window.is_some() || self.detached {
+            true => usize::try_from((self.acked + 1).saturating_sub(replay.first))
                 .unwrap_or(usize::MAX)
                 .min(replay.len()),
-            None => replay.len(),
+            false => replay.len(),
         };
         // Over the count (a stream that flows: one or a few items per envelope sent), at once.
         let over = self.replay.len().saturating_sub(self.config.max_items);
@@ -457,7 +483,8 @@ pub(crate) struct Pump {
     pub(crate) encoding: Encoding,
     /// `None` once the stream ended, was cancelled or was handed over.
     producer: Option<Box<Producer>>,
-    registry: Arc<StreamRegistry>,
+    /// Where the stream is parked when it ends (not kept alive by its streams).
+    registry: Weak<StreamRegistry>,
     /// Where envelopes are written; each one is split off when it is complete, and the rest of
     /// the chunk is kept for the next.
     buffer: BytesMut,
@@ -512,17 +539,18 @@ impl Pump {
         stream_id: Arc<str>,
         call_id: u64,
         encoding: Encoding,
-        producer: Box<Producer>,
+        mut producer: Box<Producer>,
         registry: Arc<StreamRegistry>,
         max_frame_size: usize,
     ) -> Self {
         let limits = EnvelopeLimits::new(max_frame_size, &stream_id);
+        producer.max_frame_size = max_frame_size;
         Pump {
             stream_id,
             call_id,
             encoding,
             producer: Some(producer),
-            registry,
+            registry: Arc::downgrade(&registry),
             buffer: BytesMut::new(),
             run: None,
             spans: Vec::new(),
@@ -645,11 +673,9 @@ impl Pump {
         }
         let terminal = match producer.terminal.clone() {
             Some(terminal) => terminal,
-            None if producer
-                .window
-                .is_some_and(|window| producer.window_is_full(window)) =>
-            {
-                // As far ahead of the client as it allowed: wait for its `streamAck`.
+            None if producer.must_wait() => {
+                // As far ahead of the client as it allowed (or, parked, as its replay buffer
+                // keeps): wait for its `streamAck`, or for it to be resumed.
                 producer.waiting_for_ack = Some(cx.waker().clone());
                 return Poll::Pending;
             }
@@ -690,7 +716,9 @@ impl Pump {
                             span,
                         }));
                     }
-                    (Err(()), Poll::Ready(Some(Err(error)))) => Terminal::Failed(error),
+                    (Err(()), Poll::Ready(Some(Err(error)))) => {
+                        Terminal::Failed(numbered_gap(error, producer.sequence))
+                    }
                     (Err(()), Poll::Ready(None)) => Terminal::End,
                     (Err(()), _) => return Poll::Pending,
                 }
@@ -709,9 +737,26 @@ impl Pump {
     /// stream in the registry, for a client that lost the last items or the end with its
     /// connection.
     fn park(&mut self) {
-        if let Some(producer) = self.producer.take() {
-            self.registry.park(self.stream_id.clone(), producer);
+        if let (Some(producer), Some(registry)) = (self.producer.take(), self.registry.upgrade()) {
+            registry.park(self.stream_id.clone(), producer);
         }
+    }
+}
+
+/// An actor's stream that reports a gap (a [`crate::StreamGap`] error, e.g. a
+/// [`crate::state::State::changes`] subscriber that fell behind) ends there; the gap it reports
+/// is given the stream's own numbers: the last item sent before it, and no item after it.
+fn numbered_gap(error: RemoteError, last_sequence: u64) -> RemoteError {
+    match error.stream_gap() {
+        Some(mut gap) => {
+            gap.last_sequence = last_sequence;
+            gap.resumed_at = None;
+            let message = error.message;
+            let mut error = gap.into_error();
+            error.message = message;
+            error
+        }
+        None => error,
     }
 }
 
@@ -928,6 +973,14 @@ enum Slot {
         producer: Box<Producer>,
         generation: u64,
     },
+    /// Its connection went away while it was still going: a task keeps pulling it into its
+    /// replay buffer for the client (see [`catch_up`]), and hands it over on request like a
+    /// connection; dropped at the end of the detached timeout unless resumed.
+    CatchingUp {
+        handovers: HandoverSender,
+        opener: Option<Principal>,
+        generation: u64,
+    },
 }
 
 /// The slots by stream id, and how many are parked (streams that were still going when their
@@ -946,13 +999,20 @@ impl Slots {
     }
 
     fn insert(&mut self, stream_id: Arc<str>, slot: Slot) {
+        let replaced = self.insert_returning(stream_id, slot);
+        drop(replaced);
+    }
+
+    /// Inserts `slot`, and returns the one it replaces (to be dropped outside the lock).
+    fn insert_returning(&mut self, stream_id: Arc<str>, slot: Slot) -> Option<Slot> {
         match &slot {
             Slot::Parked { producer, .. } if producer.terminal.is_some() => self.ended += 1,
-            Slot::Parked { .. } => self.parked += 1,
+            Slot::Parked { .. } | Slot::CatchingUp { .. } => self.parked += 1,
             Slot::Live { .. } => {}
         }
         let old = self.by_id.insert(stream_id, slot);
         self.count_out(&old);
+        old
     }
 
     fn remove(&mut self, stream_id: &str) -> Option<Slot> {
@@ -964,7 +1024,7 @@ impl Slots {
     fn count_out(&mut self, old: &Option<Slot>) {
         match old {
             Some(Slot::Parked { producer, .. }) if producer.terminal.is_some() => self.ended -= 1,
-            Some(Slot::Parked { .. }) => self.parked -= 1,
+            Some(Slot::Parked { .. } | Slot::CatchingUp { .. }) => self.parked -= 1,
             Some(Slot::Live { .. }) | None => {}
         }
     }
@@ -1028,17 +1088,24 @@ impl StreamRegistry {
         self.slots().remove(stream_id);
     }
 
-    /// Keeps the producer of a stream whose connection went away, for a while.
-    pub(crate) fn park(self: &Arc<Self>, stream_id: Arc<str>, producer: Box<Producer>) {
+    /// Keeps the producer of a stream whose connection went away, for a while. A stream that is
+    /// still going keeps being pulled into its replay buffer meanwhile (see [`catch_up`]), so
+    /// that a client that resumes it gets what happened while it was away.
+    pub(crate) fn park(self: &Arc<Self>, stream_id: Arc<str>, mut producer: Box<Producer>) {
         if self.config.detached_timeout.is_zero() {
             self.close(&stream_id);
             return;
         }
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let ended = producer.terminal.is_some();
+        let mut catching_up = None;
         {
             let mut slots = self.slots();
-            let ended = producer.terminal.is_some();
-            let replaces_parked = matches!(slots.get(&stream_id), Some(Slot::Parked { .. }));
+            let replaces_parked = matches!(
+                slots.get(&stream_id),
+                Some(Slot::Parked { .. } | Slot::CatchingUp { .. })
+            );
             let count = if ended { slots.ended } else { slots.parked };
             if count >= self.config.max_parked_streams && !replaces_parked {
                 if ended {
@@ -1051,37 +1118,74 @@ impl StreamRegistry {
                 drop((dropped, producer));
                 return;
             }
-            slots.insert(
-                stream_id.clone(),
-                Slot::Parked {
+            let slot = match &runtime {
+                Some(_) if !ended && self.config.max_items > 0 => {
+                    let (handovers, requests) = mpsc::unbounded_channel();
+                    producer.detached = true;
+                    let opener = producer.opener.clone();
+                    catching_up = Some((producer, requests));
+                    Slot::CatchingUp {
+                        handovers,
+                        opener,
+                        generation,
+                    }
+                }
+                _ => Slot::Parked {
                     producer,
                     generation,
                 },
-            );
+            };
+            let replaced = slots.insert_returning(stream_id.clone(), slot);
+            drop(slots);
+            drop(replaced);
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let Some(runtime) = runtime else {
             return;
         };
-        let registry = Arc::downgrade(self);
         let timeout = self.config.detached_timeout;
+        if let Some((producer, requests)) = catching_up {
+            let max_frame_size = producer.max_frame_size;
+            let call_id = producer.original_call_id;
+            let pump = Pump::new(
+                stream_id,
+                call_id,
+                Encoding::Bincode,
+                producer,
+                self.clone(),
+                max_frame_size,
+            );
+            runtime.spawn(catch_up(pump, requests, generation, timeout));
+            return;
+        }
+        let registry = Arc::downgrade(self);
         runtime.spawn(async move {
             tokio::time::sleep(timeout).await;
-            let Some(registry) = registry.upgrade() else {
-                return;
-            };
-            let mut slots = registry.slots();
-            if let Some(Slot::Parked {
-                generation: parked, ..
-            }) = slots.get(&stream_id)
-                && *parked == generation
-            {
-                tracing::debug!(%stream_id, "dropping a stream nobody resumed");
-                // Dropped outside the lock: the producer may do anything on drop.
-                let expired = slots.remove(&stream_id);
-                drop(slots);
-                drop(expired);
+            if let Some(registry) = registry.upgrade() {
+                registry.expire(&stream_id, generation);
             }
         });
+    }
+
+    /// Drops the stream parked as `generation` (if it is still parked as that) at the end of its
+    /// detached timeout.
+    fn expire(&self, stream_id: &str, generation: u64) {
+        let mut slots = self.slots();
+        if let Some(
+            Slot::Parked {
+                generation: parked, ..
+            }
+            | Slot::CatchingUp {
+                generation: parked, ..
+            },
+        ) = slots.get(stream_id)
+            && *parked == generation
+        {
+            tracing::debug!(%stream_id, "dropping a stream nobody resumed");
+            // Dropped outside the lock: the producer may do anything on drop.
+            let expired = slots.remove(stream_id);
+            drop(slots);
+            drop(expired);
+        }
     }
 
     /// A `streamAck` for a stream no connection pumps: if the stream ended and the client has
@@ -1116,7 +1220,7 @@ impl StreamRegistry {
                     return Ok(None);
                 };
                 let opener = match slot {
-                    Slot::Live { opener, .. } => opener.as_ref(),
+                    Slot::Live { opener, .. } | Slot::CatchingUp { opener, .. } => opener.as_ref(),
                     Slot::Parked { producer, .. } => producer.opener.as_ref(),
                 };
                 if let Some(opener) = opener
@@ -1128,7 +1232,9 @@ impl StreamRegistry {
                     ));
                 }
                 match slot {
-                    Slot::Live { handovers, .. } => handovers.clone(),
+                    Slot::Live { handovers, .. } | Slot::CatchingUp { handovers, .. } => {
+                        handovers.clone()
+                    }
                     Slot::Parked { .. } => {
                         return Ok(match slots.remove(stream_id) {
                             Some(Slot::Parked { producer, .. }) => Some(producer),
@@ -1162,6 +1268,55 @@ impl StreamRegistry {
     }
 }
 
+/// Pulls a parked stream into its replay buffer (`pump` writes its envelopes nowhere; they are
+/// kept in the buffer), as far as [`Producer::must_wait`] lets it, until a resume asks for it
+/// (through the registry's [`Slot::CatchingUp`]), it ends (the pump then parks what is kept of
+/// it), or its detached timeout passes.
+async fn catch_up(
+    mut pump: Pump,
+    mut requests: mpsc::UnboundedReceiver<ConnectionSignal>,
+    generation: u64,
+    timeout: Duration,
+) {
+    let expiry = tokio::time::sleep(timeout);
+    tokio::pin!(expiry);
+    loop {
+        tokio::select! {
+            biased;
+            request = requests.recv() => match request {
+                Some(ConnectionSignal::Handover(request)) => {
+                    let Some(mut producer) = pump.take_producer() else {
+                        return;
+                    };
+                    producer.detached = false;
+                    match request.reply.send(producer) {
+                        Ok(()) => return,
+                        // The resuming side gave up waiting: keep pulling it here.
+                        Err(mut producer) => {
+                            producer.detached = true;
+                            pump.restore_producer(producer);
+                        }
+                    }
+                }
+                Some(ConnectionSignal::Shutdown) => {}
+                // The registry no longer has the stream (or is gone): drop it.
+                None => return,
+            },
+            () = &mut expiry => {
+                if let Some(registry) = pump.registry.upgrade() {
+                    registry.expire(&pump.stream_id, generation);
+                }
+                return;
+            }
+            output = pump.next() => match output {
+                Some(output) if !output.ended => {}
+                // It ended, and the pump parked what is kept of it in this task's place.
+                _ => return,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use futures_util::StreamExt;
@@ -1186,6 +1341,40 @@ mod tests {
             StreamOptions::default(),
             Arc::new(config),
         ))
+    }
+
+    /// A producer of a stream that has no item yet and does not end.
+    fn endless(config: ReplayConfig) -> Box<Producer> {
+        let items = ItemStream::new(
+            ActorStream::new(futures_util::stream::pending::<u64>()),
+            Encoding::Json,
+        );
+        Box::new(Producer::new(
+            items,
+            1,
+            StreamOptions::default(),
+            Arc::new(config),
+        ))
+    }
+
+    /// A producer of 1, 2, 3… (never ending) with `options`, and how many items the actor's
+    /// stream has given so far.
+    fn counting(config: ReplayConfig, options: StreamOptions) -> (Box<Producer>, Arc<AtomicU64>) {
+        let pulled = Arc::new(AtomicU64::new(0));
+        let counter = pulled.clone();
+        let items = futures_util::stream::iter(1u64..).inspect(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let items = ItemStream::new(ActorStream::new(items), Encoding::Json);
+        let producer = Box::new(Producer::new(items, 1, options, Arc::new(config)));
+        (producer, pulled)
+    }
+
+    /// Lets the tasks of this (single-threaded) test runtime run until they wait.
+    async fn settle() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
     }
 
     /// The envelopes of the next `max_items` items the pump has ready, decoded.
@@ -1517,7 +1706,7 @@ mod tests {
             ..ReplayConfig::default()
         });
         for id in ["a", "b", "c"] {
-            registry.park(Arc::from(id), producer(3, ReplayConfig::default()));
+            registry.park(Arc::from(id), endless(ReplayConfig::default()));
         }
         assert_eq!(registry.slots().parked, 2);
         assert!(
@@ -1538,8 +1727,159 @@ mod tests {
         assert!(registry.take("a", None).await.unwrap().is_some());
         assert_eq!(registry.slots().parked, 1);
         // Parking a stream again (it ended after a resume) does not count it twice.
-        registry.park(Arc::from("b"), producer(3, ReplayConfig::default()));
+        registry.park(Arc::from("b"), endless(ReplayConfig::default()));
         assert_eq!(registry.slots().parked, 1);
+    }
+
+    #[tokio::test]
+    async fn a_parked_stream_keeps_being_pulled_and_replays_it_on_resume() {
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        // Five items, then nothing more for now (the stream goes on).
+        let items = futures_util::stream::iter(1..=5u64).chain(futures_util::stream::pending());
+        let items = ItemStream::new(ActorStream::new(items), Encoding::Json);
+        let config = registry.config.clone();
+        let producer = Box::new(Producer::new(items, 1, StreamOptions::default(), config));
+        let mut pump = Pump::new(
+            Arc::from("p"),
+            1,
+            Encoding::Json,
+            producer,
+            registry.clone(),
+            FRAME,
+        );
+        // Two sent on the connection, then it goes away.
+        assert_eq!(next_envelopes(&mut pump, 2).await.len(), 2);
+        registry.park(Arc::from("p"), pump.take_producer().unwrap());
+        settle().await;
+        let mut producer = registry.take("p", None).await.unwrap().expect("parked");
+        assert_eq!(producer.sequence, 5, "items 3..=5 were pulled while parked");
+        assert!(producer.resume_after(1));
+        let (seen, _) = sequence_numbers(producer, 4).await;
+        assert_eq!(seen, vec![2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_parked_stream_stops_at_its_window() {
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        let options = StreamOptions {
+            window: Some(10),
+            batch: 1,
+        };
+        let (producer, pulled) = counting(ReplayConfig::default(), options);
+        let mut pump = Pump::new(
+            Arc::from("w"),
+            1,
+            Encoding::Json,
+            producer,
+            registry.clone(),
+            FRAME,
+        );
+        assert_eq!(next_envelopes(&mut pump, 4).await.len(), 4);
+        pump.acknowledge(2);
+        registry.park(Arc::from("w"), pump.take_producer().unwrap());
+        settle().await;
+        // Unacknowledged: 3..=12, the window.
+        assert_eq!(pulled.load(Ordering::SeqCst), 12);
+        let mut producer = registry.take("w", None).await.unwrap().expect("parked");
+        assert_eq!(producer.sequence, 12);
+        assert!(producer.resume_after(2), "everything pulled is kept");
+        // Once resumed, it goes on past the window as the client acknowledges.
+        let (seen, _) = sequence_numbers(producer, 10).await;
+        assert_eq!(seen, (3..=12).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_parked_stream_without_flow_control_stops_when_its_buffer_is_full() {
+        for (config, stop) in [
+            // 16 items.
+            (
+                ReplayConfig {
+                    max_items: 16,
+                    ..ReplayConfig::default()
+                },
+                16,
+            ),
+            // 8 bytes: items 1..=9 are one byte of JSON each.
+            (
+                ReplayConfig {
+                    max_bytes: 8,
+                    ..ReplayConfig::default()
+                },
+                8,
+            ),
+        ] {
+            let registry = StreamRegistry::new(config.clone());
+            let (producer, pulled) = counting(config, StreamOptions::default());
+            let mut pump = Pump::new(
+                Arc::from("n"),
+                1,
+                Encoding::Json,
+                producer,
+                registry.clone(),
+                FRAME,
+            );
+            assert_eq!(next_envelopes(&mut pump, 4).await.len(), 4);
+            registry.park(Arc::from("n"), pump.take_producer().unwrap());
+            settle().await;
+            assert_eq!(pulled.load(Ordering::SeqCst), stop);
+            let mut producer = registry.take("n", None).await.unwrap().expect("parked");
+            assert!(
+                producer.resume_after(0),
+                "nothing the client may not have seen was dropped"
+            );
+            let (seen, _) = sequence_numbers(producer, stop as usize + 2).await;
+            assert_eq!(seen, (1..=stop + 2).collect::<Vec<_>>());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_parked_stream_that_ends_is_kept_with_its_end() {
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        registry.park(Arc::from("e"), producer(3, ReplayConfig::default()));
+        settle().await;
+        {
+            let slots = registry.slots();
+            assert_eq!((slots.parked, slots.ended), (0, 1));
+        }
+        let mut producer = registry.take("e", None).await.unwrap().expect("kept");
+        assert!(producer.resume_after(0));
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        let mut pump = Pump::new(Arc::from("e"), 1, Encoding::Json, producer, registry, FRAME);
+        let envelopes = next_envelopes(&mut pump, 10).await;
+        let numbers: Vec<u64> = envelopes
+            .iter()
+            .filter_map(|envelope| match envelope {
+                Envelope::StreamData(item) => Some(item.sequence_number),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(numbers, vec![1, 2, 3]);
+        assert!(matches!(envelopes.last(), Some(Envelope::StreamEnd(_))));
+    }
+
+    #[tokio::test]
+    async fn a_gap_from_the_actor_ends_the_stream_with_the_stream_numbers() {
+        let gap = crate::StreamGap {
+            last_sequence: 99,
+            resumed_at: Some(7),
+        };
+        let items = futures_util::stream::iter([Ok(1u64), Ok(2), Err(gap.into_error())]);
+        let items = ItemStream::new(ActorStream::from_results(items), Encoding::Json);
+        let registry = StreamRegistry::new(ReplayConfig::default());
+        let config = registry.config.clone();
+        let producer = Box::new(Producer::new(items, 1, StreamOptions::default(), config));
+        let mut pump = Pump::new(Arc::from("g"), 1, Encoding::Json, producer, registry, FRAME);
+        let envelopes = next_envelopes(&mut pump, 10).await;
+        match envelopes.last() {
+            Some(Envelope::StreamError(failure)) => assert_eq!(
+                failure.error.stream_gap(),
+                Some(crate::StreamGap {
+                    last_sequence: 2,
+                    resumed_at: None
+                })
+            ),
+            other => panic!("expected a stream error, got {other:?}"),
+        }
     }
 
     #[tokio::test]
