@@ -203,6 +203,34 @@ async fn api_gateway_requests_are_answered_with_mapped_status_codes() {
             "actor_error",
         ),
         (http_event("GET", "/probe/echo", None), 405, "bad_request"),
+        // Framework errors an actor returns through its own error type keep their status.
+        (
+            http_event(
+                "POST",
+                "/probe/fail",
+                Some(r#"{"code":"conflict","message":"lost the race"}"#),
+            ),
+            409,
+            "conflict",
+        ),
+        (
+            http_event(
+                "POST",
+                "/probe/fail",
+                Some(r#"{"code":"unavailable","message":"throttled"}"#),
+            ),
+            503,
+            "unavailable",
+        ),
+        (
+            http_event(
+                "POST",
+                "/probe/fail",
+                Some(r#"{"code":"internal","message":"bug"}"#),
+            ),
+            500,
+            "internal",
+        ),
         (http_event("POST", "/", Some("{}")), 404, "unknown_actor"),
     ];
     for (event, status, code) in cases {

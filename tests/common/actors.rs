@@ -71,6 +71,16 @@ pub trait Probe {
     async fn endless(&self, size: u64) -> Result<ActorStream<Vec<u8>>, ProbeError>;
     /// How many items `endless` made, and whether its stream was dropped.
     async fn production(&self) -> Result<(u64, bool), ProbeError>;
+    /// Fails with a framework error (as a `conflict` of exhausted state retries would) through
+    /// `ProbeError::Remote`.
+    async fn fail(&self, code: trebuchet::ErrorCode, message: String) -> Result<(), ProbeError>;
+    /// Refuses to start, like `fail`.
+    #[stream]
+    async fn fail_stream(
+        &self,
+        code: trebuchet::ErrorCode,
+        message: String,
+    ) -> Result<ActorStream<u64>, ProbeError>;
 }
 
 /// Sets a flag when dropped (the producer's view of a cancelled stream).
@@ -199,6 +209,16 @@ impl Probe for ProbeActor {
             self.produced.load(Ordering::SeqCst),
             self.dropped.load(Ordering::SeqCst),
         ))
+    }
+    async fn fail(&self, code: trebuchet::ErrorCode, message: String) -> Result<(), ProbeError> {
+        Err(RemoteError::new(code, message))?
+    }
+    async fn fail_stream(
+        &self,
+        code: trebuchet::ErrorCode,
+        message: String,
+    ) -> Result<ActorStream<u64>, ProbeError> {
+        Err(RemoteError::new(code, message))?
     }
 }
 
