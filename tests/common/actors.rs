@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use trebuchet::state::{ActorStateStore, State};
 use trebuchet::{ActorStream, RemoteError, SharedBytes, distributed_actor};
 
 /// The error of the test actors.
@@ -263,6 +264,36 @@ impl Counter for MemoryCounter {
     }
     async fn get(&self) -> Result<u64, CounterError> {
         Ok(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// A counter whose value is kept in a state store under its own actor id (the counters of the
+/// Lambda test functions).
+pub struct StoredCounter {
+    value: State<u64>,
+}
+
+impl StoredCounter {
+    /// The counter `id` in `store`, its updates tried up to `max_attempts` times.
+    pub fn new(store: Arc<dyn ActorStateStore>, id: &str, max_attempts: u32) -> Self {
+        StoredCounter {
+            value: State::new(store, id).with_max_attempts(max_attempts),
+        }
+    }
+}
+
+impl Counter for StoredCounter {
+    async fn increment(&self, by: u64) -> Result<u64, CounterError> {
+        self.value
+            .update(|value| {
+                *value = value.checked_add(by).ok_or(CounterError::Overflow)?;
+                Ok(*value)
+            })
+            .await
+    }
+
+    async fn get(&self) -> Result<u64, CounterError> {
+        Ok(self.value.get().await?)
     }
 }
 
