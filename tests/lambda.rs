@@ -64,6 +64,33 @@ async fn stream_methods_are_refused_with_a_clear_error() {
     assert!(error.to_string().contains("WebSocket or TCP"), "{error}");
 }
 
+/// A function whose init fails (`src/bin/lambda_misconfigured.rs`, whose state table variable is
+/// not set) answers each invocation at once with a function error carrying the init error, and
+/// keeps answering.
+#[tokio::test]
+async fn a_function_whose_init_fails_answers_at_once_with_the_init_error() {
+    let _ = test_actors_transport().await; // (checks the emulators are up)
+    let transport = LambdaTransport::function("lambda_misconfigured")
+        .sdk_config(sdk_config().await)
+        .build()
+        .unwrap();
+    let client = ActorSystem::new().connect(transport.into()).await.unwrap();
+    let counter: CounterClient = client.actor(unique("counter"));
+    for _ in 0..2 {
+        let started = Instant::now();
+        let error = counter.get().await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "answered after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(error.code(), Some(ErrorCode::Internal), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("Runtime.InitError"), "{message}");
+        assert!(message.contains("MISCONFIGURED_STATE_TABLE"), "{message}");
+    }
+}
+
 #[tokio::test]
 async fn event_invocations_return_once_accepted() {
     let transport = LambdaTransport::function(TEST_ACTORS_FUNCTION)
@@ -203,6 +230,34 @@ async fn api_gateway_requests_are_answered_with_mapped_status_codes() {
             "actor_error",
         ),
         (http_event("GET", "/probe/echo", None), 405, "bad_request"),
+        // Framework errors an actor returns through its own error type keep their status.
+        (
+            http_event(
+                "POST",
+                "/probe/fail",
+                Some(r#"{"code":"conflict","message":"lost the race"}"#),
+            ),
+            409,
+            "conflict",
+        ),
+        (
+            http_event(
+                "POST",
+                "/probe/fail",
+                Some(r#"{"code":"unavailable","message":"throttled"}"#),
+            ),
+            503,
+            "unavailable",
+        ),
+        (
+            http_event(
+                "POST",
+                "/probe/fail",
+                Some(r#"{"code":"internal","message":"bug"}"#),
+            ),
+            500,
+            "internal",
+        ),
         (http_event("POST", "/", Some("{}")), 404, "unknown_actor"),
     ];
     for (event, status, code) in cases {
@@ -326,9 +381,13 @@ async fn middleware_behind_api_gateway_answers_401_403_and_429() {
 
 #[test]
 fn a_missing_state_table_is_a_clear_error_at_init() {
+    // Run as a function, with the environment Lambda gives, on a runtime API that is not there.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_lambda_counter"))
         .env_remove("STATE_TABLE")
-        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9") // run as a function
+        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+        .env("AWS_LAMBDA_FUNCTION_NAME", "lambda_counter")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -458,6 +517,36 @@ async fn service_failures_are_retried_then_reported_unavailable() {
     let error = counter.get().await.unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
     assert_eq!(endpoint.received().len(), 3);
+}
+
+/// An `Event` invocation is sent as one and a 202 is taken as accepted: the call returns `()`
+/// without reading a response envelope.
+#[tokio::test]
+async fn event_invocations_are_sent_as_events_and_a_202_is_accepted() {
+    let endpoint = FaultEndpoint::start(vec![Canned::new(202, "")]).await;
+    let transport = LambdaTransport::function("scripted")
+        .region("us-east-1")
+        .endpoint_url(&endpoint.url)
+        .invocation_type(InvocationType::Event)
+        .build()
+        .unwrap();
+    let _ = sdk_config().await;
+    let client = ActorSystem::new().connect(transport.into()).await.unwrap();
+    let inspect: InspectClient = client.actor("inspect");
+    inspect.touch("fire and forget".into()).await.unwrap();
+    let received = endpoint.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].header("x-amz-invocation-type"),
+        Some("Event"),
+        "{:?}",
+        received[0].headers
+    );
+    let envelope: Value = serde_json::from_str(&received[0].body).unwrap();
+    assert_eq!(
+        (envelope["type"].clone(), envelope["method"].clone()),
+        (json!("invocation"), json!("touch"))
+    );
 }
 
 #[tokio::test]

@@ -114,6 +114,38 @@ async fn a_malformed_envelope_gets_bad_request_and_the_connection_stays_usable()
     still_works(&mut stream, 2).await;
 }
 
+/// A framework error an actor returns through its own error type (`ProbeError::Remote`) goes out
+/// with its own code and message, not as `actor_error`.
+#[tokio::test]
+async fn framework_errors_in_an_actors_error_keep_their_code_on_the_wire() {
+    let (_bed, address) = tcp_bed().await;
+    let mut stream = raw(&address).await;
+    for (call_id, code) in [
+        ErrorCode::Conflict,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let envelope = Envelope::Invocation(Invocation {
+            call_id: call_id as u64,
+            actor_id: "probe".into(),
+            method: "fail".into(),
+            args: Payload::encode(&(code, "from the store"), Encoding::Bincode).unwrap(),
+            metadata: Metadata::new(),
+        });
+        let frame = codec::encode(&envelope, Encoding::Bincode).unwrap();
+        write_frame(&mut stream, &frame.data).await;
+        let answer = response(read_frame(&mut stream).await.unwrap());
+        assert_eq!(answer.call_id, Some(call_id as u64));
+        assert_eq!(
+            answer.outcome.unwrap_err(),
+            RemoteError::new(code, "from the store")
+        );
+    }
+}
+
 #[tokio::test]
 async fn garbage_before_the_handshake_closes_that_connection_only() {
     let (_bed, address) = tcp_bed().await;

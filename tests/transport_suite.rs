@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use trebuchet::{ErrorCode, RemoteActor, SharedBytes};
+use trebuchet::{ErrorCode, RemoteActor, RemoteError, SharedBytes};
 
 /// Works with anything that implements the actor trait: the actor itself or any stub.
 async fn play(counter: &impl Counter) -> Result<u64, CounterError> {
@@ -61,6 +61,39 @@ async fn actor_errors_arrive_typed(bed: Bed) {
         1,
         "a failed call changes nothing"
     );
+}
+
+/// The codes an actor's error carries in its `Remote` variant.
+const FRAMEWORK_CODES: [ErrorCode; 3] = [
+    ErrorCode::Conflict,
+    ErrorCode::Unavailable,
+    ErrorCode::Internal,
+];
+
+async fn framework_errors_keep_their_codes_through_the_actors_error(bed: Bed) {
+    let probe = bed.probe();
+    for code in FRAMEWORK_CODES {
+        let expected = ProbeError::Remote(RemoteError::new(code, format!("{code} on purpose")));
+        let error = probe
+            .fail(code, format!("{code} on purpose"))
+            .await
+            .unwrap_err();
+        assert_eq!(error, expected);
+        assert_eq!(error.code(), Some(code));
+    }
+}
+
+async fn a_stream_refused_with_a_framework_error_keeps_its_code(bed: Bed) {
+    let probe = bed.probe();
+    for code in FRAMEWORK_CODES {
+        let expected = ProbeError::Remote(RemoteError::new(code, "not now"));
+        let error = probe
+            .fail_stream(code, "not now".into())
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(error, expected);
+    }
 }
 
 async fn unknown_actor_is_a_typed_remote_error(bed: Bed) {
@@ -287,6 +320,8 @@ macro_rules! transport_suite {
                 calls_with_any_arguments,
                 stub_implements_the_actor_trait,
                 actor_errors_arrive_typed,
+                framework_errors_keep_their_codes_through_the_actors_error,
+                a_stream_refused_with_a_framework_error_keeps_its_code,
                 unknown_actor_is_a_typed_remote_error,
                 calls_to_one_actor_run_one_at_a_time_in_arrival_order,
                 concurrent_clients_lose_no_update,
@@ -345,6 +380,7 @@ mod lambda {
         calls_with_any_arguments,
         stub_implements_the_actor_trait,
         actor_errors_arrive_typed,
+        framework_errors_keep_their_codes_through_the_actors_error,
         unknown_actor_is_a_typed_remote_error,
         concurrent_clients_lose_no_update,
         a_panicking_method_fails_alone,

@@ -208,6 +208,28 @@ async fn actor_errors_carry_code_message_and_data() {
     );
 }
 
+/// A framework error an actor returns through its own error type (`ProbeError::Remote`) goes out
+/// with its own code, message and data, not as `actor_error`: for calls and refused streams.
+#[tokio::test]
+async fn framework_errors_in_an_actors_error_keep_their_code_on_the_wire() {
+    let (_bed, url) = bed().await;
+    let mut raw = Raw::connect(&url).await;
+    let mut call_id = 0;
+    for method in ["fail", "fail_stream"] {
+        for code in ["conflict", "unavailable", "internal"] {
+            call_id += 1;
+            let args = json!({"code": code, "message": "from the store"});
+            raw.json(invocation(call_id, "probe", method, args)).await;
+            assert_eq!(
+                raw.recv().await,
+                json!({"type":"response","callId":call_id,"error":{
+                    "code":code,"message":"from the store"}}),
+                "{method}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn answers_come_back_out_of_order_on_one_connection() {
     let (_bed, url) = bed().await;

@@ -46,23 +46,26 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The function: the counter with its state in DynamoDB.
+/// The function: the counter with its state in DynamoDB. A failed init (no `STATE_TABLE`, say)
+/// fails every invocation at once with its error.
 async fn run_function() -> anyhow::Result<()> {
-    let store = DynamoDbStateStore::from_env().await?;
-    tracing::info!(
-        table = store.table(),
-        region = ?std::env::var("AWS_REGION").ok(),
-        endpoint = ?std::env::var("AWS_ENDPOINT_URL").ok(),
-        "counter function starting"
-    );
-    let system = ActorSystem::new();
-    system.expose(
-        "counter",
-        PersistentCounter::new(Arc::new(store)).into_actor(),
-    )?;
-    trebuchet_aws::lambda::serve(Gateway::new(system))
-        .await
-        .map_err(|error| anyhow::anyhow!(error))
+    trebuchet_aws::lambda::serve_with_init(async {
+        let store = DynamoDbStateStore::from_env().await?;
+        tracing::info!(
+            table = store.table(),
+            region = ?std::env::var("AWS_REGION").ok(),
+            endpoint = ?std::env::var("AWS_ENDPOINT_URL").ok(),
+            "counter function starting"
+        );
+        let system = ActorSystem::new();
+        system.expose(
+            "counter",
+            PersistentCounter::new(Arc::new(store)).into_actor(),
+        )?;
+        Ok::<_, anyhow::Error>(Gateway::new(system))
+    })
+    .await
+    .map_err(|error| anyhow::anyhow!(error))
 }
 
 async fn create_table() -> anyhow::Result<()> {

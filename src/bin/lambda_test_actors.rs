@@ -10,33 +10,13 @@
 use std::sync::Arc;
 
 use trebuchet::middleware::Gateway;
-use trebuchet::state::{ActorStateStore, State};
+use trebuchet::state::ActorStateStore;
 use trebuchet::{ActorSystem, RemoteError};
 use trebuchet_aws::{CloudLambdaContext, DynamoDbStateStore};
 
 #[path = "../../tests/common/actors.rs"]
 mod actors;
-use actors::{Counter, CounterError, Inspect, InvocationInfo, Probe, ProbeActor};
-
-/// A counter whose value is kept in the state store under its own actor id.
-struct StoredCounter {
-    value: State<u64>,
-}
-
-impl Counter for StoredCounter {
-    async fn increment(&self, by: u64) -> Result<u64, CounterError> {
-        self.value
-            .update(|value| {
-                *value = value.checked_add(by).ok_or(CounterError::Overflow)?;
-                Ok(*value)
-            })
-            .await
-    }
-
-    async fn get(&self) -> Result<u64, CounterError> {
-        Ok(self.value.get().await?)
-    }
-}
+use actors::{Counter, Inspect, InvocationInfo, Probe, ProbeActor, StoredCounter};
 
 struct Inspector;
 
@@ -64,17 +44,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         )
         .without_time()
         .init();
-    let store: Arc<dyn ActorStateStore> = Arc::new(DynamoDbStateStore::from_env().await?);
-    let system = ActorSystem::new();
-    system.expose("probe", ProbeActor::default().into_actor())?;
-    system.expose("slow", ProbeActor::default().into_actor())?;
-    system.expose("inspect", Inspector.into_actor())?;
-    system.expose_family("counter", move |id| {
-        StoredCounter {
+    trebuchet_aws::lambda::serve_with_init(async {
+        let store: Arc<dyn ActorStateStore> = Arc::new(DynamoDbStateStore::from_env().await?);
+        let system = ActorSystem::new();
+        system.expose("probe", ProbeActor::default().into_actor())?;
+        system.expose("slow", ProbeActor::default().into_actor())?;
+        system.expose("inspect", Inspector.into_actor())?;
+        system.expose_family("counter", move |id| {
             // Several instances race for one counter in the tests: plenty of attempts.
-            value: State::new(Arc::clone(&store), id).with_max_attempts(100),
-        }
-        .into_actor()
-    });
-    trebuchet_aws::lambda::serve(Gateway::new(system)).await
+            StoredCounter::new(Arc::clone(&store), id, 100).into_actor()
+        });
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Gateway::new(system))
+    })
+    .await
 }

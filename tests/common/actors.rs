@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use trebuchet::state::{ActorStateStore, State};
 use trebuchet::{ActorStream, RemoteError, SharedBytes, distributed_actor};
 
 /// The error of the test actors.
@@ -71,6 +72,16 @@ pub trait Probe {
     async fn endless(&self, size: u64) -> Result<ActorStream<Vec<u8>>, ProbeError>;
     /// How many items `endless` made, and whether its stream was dropped.
     async fn production(&self) -> Result<(u64, bool), ProbeError>;
+    /// Fails with a framework error (as a `conflict` of exhausted state retries would) through
+    /// `ProbeError::Remote`.
+    async fn fail(&self, code: trebuchet::ErrorCode, message: String) -> Result<(), ProbeError>;
+    /// Refuses to start, like `fail`.
+    #[stream]
+    async fn fail_stream(
+        &self,
+        code: trebuchet::ErrorCode,
+        message: String,
+    ) -> Result<ActorStream<u64>, ProbeError>;
 }
 
 /// Sets a flag when dropped (the producer's view of a cancelled stream).
@@ -200,6 +211,16 @@ impl Probe for ProbeActor {
             self.dropped.load(Ordering::SeqCst),
         ))
     }
+    async fn fail(&self, code: trebuchet::ErrorCode, message: String) -> Result<(), ProbeError> {
+        Err(RemoteError::new(code, message))?
+    }
+    async fn fail_stream(
+        &self,
+        code: trebuchet::ErrorCode,
+        message: String,
+    ) -> Result<ActorStream<u64>, ProbeError> {
+        Err(RemoteError::new(code, message))?
+    }
 }
 
 /// The counter of the README, with a typed error.
@@ -243,6 +264,36 @@ impl Counter for MemoryCounter {
     }
     async fn get(&self) -> Result<u64, CounterError> {
         Ok(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// A counter whose value is kept in a state store under its own actor id (the counters of the
+/// Lambda test functions).
+pub struct StoredCounter {
+    value: State<u64>,
+}
+
+impl StoredCounter {
+    /// The counter `id` in `store`, its updates tried up to `max_attempts` times.
+    pub fn new(store: Arc<dyn ActorStateStore>, id: &str, max_attempts: u32) -> Self {
+        StoredCounter {
+            value: State::new(store, id).with_max_attempts(max_attempts),
+        }
+    }
+}
+
+impl Counter for StoredCounter {
+    async fn increment(&self, by: u64) -> Result<u64, CounterError> {
+        self.value
+            .update(|value| {
+                *value = value.checked_add(by).ok_or(CounterError::Overflow)?;
+                Ok(*value)
+            })
+            .await
+    }
+
+    async fn get(&self) -> Result<u64, CounterError> {
+        Ok(self.value.get().await?)
     }
 }
 

@@ -1,5 +1,6 @@
 //! A scripted HTTP endpoint on 127.0.0.1 for fault injection: it answers each request with the
-//! next canned response (the last one repeats) and records when each request arrived.
+//! next canned response (the last one repeats) and records each request (when it arrived, its
+//! path, headers and body).
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
@@ -31,12 +32,24 @@ impl Canned {
     }
 }
 
-/// A received request: when, which path, and its body.
+/// A received request: when, which path, its headers and its body.
 #[derive(Clone, Debug)]
 pub struct Received {
     pub at: Instant,
     pub path: String,
+    /// Name (as sent) and value of each header, in order.
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl Received {
+    /// The value of the header `name` (any case), if it was sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(header, _)| header.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
 }
 
 /// The endpoint; stops when dropped.
@@ -81,6 +94,7 @@ impl FaultEndpoint {
                                 .unwrap_or_default()
                                 .to_owned();
                             let mut length = 0usize;
+                            let mut headers = Vec::new();
                             loop {
                                 let mut line = String::new();
                                 if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
@@ -90,10 +104,12 @@ impl FaultEndpoint {
                                 if line.is_empty() {
                                     break;
                                 }
-                                if let Some((name, value)) = line.split_once(':')
-                                    && name.eq_ignore_ascii_case("content-length")
-                                {
-                                    length = value.trim().parse().unwrap_or(0);
+                                if let Some((name, value)) = line.split_once(':') {
+                                    let value = value.trim();
+                                    if name.eq_ignore_ascii_case("content-length") {
+                                        length = value.parse().unwrap_or(0);
+                                    }
+                                    headers.push((name.to_owned(), value.to_owned()));
                                 }
                             }
                             let mut body = vec![0; length];
@@ -105,6 +121,7 @@ impl FaultEndpoint {
                                 received.push(Received {
                                     at: Instant::now(),
                                     path,
+                                    headers,
                                     body: String::from_utf8_lossy(&body).into_owned(),
                                 });
                                 received.len() - 1

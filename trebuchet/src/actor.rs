@@ -87,6 +87,24 @@ pub enum DecodeRequestError {
 /// actor's error travel to a remote caller and come back typed; `Display` gives the wire message.
 /// [`RemoteError`] itself qualifies, and so does any `thiserror` enum with a
 /// `#[error(transparent)] Remote(#[from] trebuchet::RemoteError)` variant and serde derives.
+///
+/// # How an error goes on the wire
+///
+/// An error that *is* a framework error — a [`RemoteError`], or the `Remote` variant above
+/// holding one (a `conflict` from exhausted state retries, an `unavailable` store, a timeout of
+/// a call the actor made…) — is sent with that error's own code, message and data, so clients
+/// in any language (and the HTTP statuses of the Lambda host) see `conflict` or `unavailable`,
+/// not `actor_error`; a Rust caller gets `E::from(that RemoteError)`, the same variant. Every
+/// other error is sent as `actor_error` with its `Display` as the message and its value as data,
+/// from which a Rust caller rebuilds it.
+///
+/// An error is recognised as a framework error by value, with no help from the type: while the
+/// error is serialized, the first `RemoteError` serialized within it is kept, and the error is
+/// that `RemoteError` if `E::from` of it serializes exactly like the error. So a variant that
+/// holds a `RemoteError` beside other fields, or wraps it without `#[from]` (e.g.
+/// `#[error("saving failed: {0}")] Saving(RemoteError)`), stays an `actor_error`, and so does a
+/// `RemoteError` whose code is `actor_error` (its data is another actor's error value: this
+/// error's own value is sent instead, so the caller rebuilds this variant).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be the error type of a distributed actor method",
     note = "the error type must implement Display, Serialize, DeserializeOwned, From<trebuchet::RemoteError>, Send and 'static"
@@ -544,8 +562,8 @@ fn request_error(actor_id: &str, method: &str, error: DecodeRequestError) -> Rem
     }
 }
 
-/// Encodes a method's outcome: `Ok` as the result payload, `Err` as an `actor_error` carrying
-/// the error value. Used by generated code.
+/// Encodes a method's outcome: `Ok` as the result payload, `Err` as
+/// [`RemoteError::from_actor_error`] sends it (see [`ActorError`]). Used by generated code.
 pub fn encode_outcome<T: Serialize, E: ActorError>(
     outcome: Result<T, E>,
     encoding: Encoding,

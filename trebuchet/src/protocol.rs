@@ -635,7 +635,7 @@ impl fmt::Display for ErrorCode {
 ///
 /// Every actor method's error type converts from `RemoteError` (see [`crate::ActorError`]), which
 /// is how transport failures reach the caller.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct RemoteError {
     /// What kind of failure this is.
     pub code: ErrorCode,
@@ -676,13 +676,135 @@ impl RemoteError {
         Self::new(ErrorCode::Internal, message)
     }
 
-    /// An `actor_error` carrying the actor's own error value, serialized in `encoding`.
-    pub fn from_actor_error<E: fmt::Display + Serialize>(error: &E, encoding: Encoding) -> Self {
+    /// The wire form of an actor method's error `error`, for an answer in `encoding`.
+    ///
+    /// An error that is a `RemoteError` with a code other than `actor_error` — `RemoteError`
+    /// itself, or the `Remote(#[from] RemoteError)` variant of an actor's error enum — goes out
+    /// as that `RemoteError`: its code, message and data (data the frames of `encoding` cannot
+    /// carry, bincode in a JSON frame, is left out). Any other error goes out as an
+    /// `actor_error` with the error's `Display` as the message and the error value, serialized
+    /// in `encoding`, as data. See [`crate::ActorError`] for how an error is recognised.
+    pub fn from_actor_error<E>(error: &E, encoding: Encoding) -> Self
+    where
+        E: fmt::Display + Serialize + From<RemoteError>,
+    {
+        if let Some(mut carried) = carried_remote_error(error)
+            && carried.code != ErrorCode::ActorError
+        {
+            if encoding == Encoding::Json
+                && carried
+                    .data
+                    .as_ref()
+                    .is_some_and(|data| data.encoding() != Encoding::Json)
+            {
+                carried.data = None;
+            }
+            return carried;
+        }
         RemoteError {
             code: ErrorCode::ActorError,
             message: error.to_string(),
             data: Payload::encode(error, encoding).ok(),
         }
+    }
+}
+
+/// The `RemoteError` that `error` is, if it is one: `E::from` of it gives back a value that
+/// serializes exactly like `error` (so a client rebuilding the error with `E::from` gets the
+/// same value).
+///
+/// The candidate is the first `RemoteError` serialized while `error` is (see
+/// [`CarriedRemoteError`]); serializing `error` and `E::from(candidate)` in the same format and
+/// comparing the bytes is what decides. An error that merely holds a `RemoteError` among other
+/// things (a variant with a context message, say) is not one.
+fn carried_remote_error<E: Serialize + From<RemoteError>>(error: &E) -> Option<RemoteError> {
+    let (original, candidate) = CarriedRemoteError::capture(|| fingerprint(error));
+    let candidate = candidate?;
+    let rebuilt = fingerprint(&E::from(candidate.clone()))?;
+    (original? == rebuilt).then_some(candidate)
+}
+
+/// The serialized form of `value` that [`carried_remote_error`] compares: bincode, or JSON for a
+/// value bincode cannot write (one that needs a self-describing format).
+fn fingerprint<T: Serialize>(value: &T) -> Option<bytes::Bytes> {
+    match encode_bincode(value) {
+        Ok(bytes) => Some(bytes),
+        Err(_) => serde_json::to_vec(value).ok().map(bytes::Bytes::from),
+    }
+}
+
+/// Where a `RemoteError` being serialized leaves a copy of itself while
+/// [`carried_remote_error`] looks for one (per thread: serialization does not cross threads).
+enum CarriedRemoteError {
+    /// Nobody is looking.
+    Off,
+    /// Looking, nothing found yet.
+    Looking,
+    /// The first `RemoteError` serialized since looking started.
+    Found(RemoteError),
+}
+
+thread_local! {
+    static CARRIED: RefCell<CarriedRemoteError> = const { RefCell::new(CarriedRemoteError::Off) };
+}
+
+impl CarriedRemoteError {
+    /// Runs `serialize` and returns its result with the first `RemoteError` it serialized.
+    fn capture<T>(serialize: impl FnOnce() -> T) -> (T, Option<RemoteError>) {
+        /// Stops looking, also if `serialize` panics.
+        struct Stop;
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                CARRIED.with(|carried| {
+                    if let Ok(mut carried) = carried.try_borrow_mut() {
+                        *carried = CarriedRemoteError::Off;
+                    }
+                });
+            }
+        }
+        CARRIED.with(|carried| *carried.borrow_mut() = CarriedRemoteError::Looking);
+        let stop = Stop;
+        let output = serialize();
+        let found = CARRIED.with(|carried| {
+            match std::mem::replace(&mut *carried.borrow_mut(), CarriedRemoteError::Off) {
+                CarriedRemoteError::Found(error) => Some(error),
+                _ => None,
+            }
+        });
+        drop(stop);
+        (output, found)
+    }
+
+    /// Called by every `RemoteError` being serialized.
+    fn offer(error: &RemoteError) {
+        CARRIED.with(|carried| {
+            if let Ok(mut carried) = carried.try_borrow_mut()
+                && matches!(*carried, CarriedRemoteError::Looking)
+            {
+                *carried = CarriedRemoteError::Found(error.clone());
+            }
+        });
+    }
+}
+
+/// Serialized as `#[derive(Serialize)]` would (a struct `RemoteError` of `code`, `message`,
+/// `data`), leaving a copy with [`CarriedRemoteError`] when one is looked for.
+impl Serialize for RemoteError {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename = "RemoteError")]
+        struct Fields<'a> {
+            code: ErrorCode,
+            message: &'a str,
+            data: &'a Option<Payload>,
+        }
+        CarriedRemoteError::offer(self);
+        Fields {
+            code: self.code,
+            message: &self.message,
+            data: &self.data,
+        }
+        .serialize(serializer)
     }
 }
 
@@ -743,5 +865,105 @@ mod tests {
         }
         let unknown: ErrorCode = serde_json::from_str("\"from_the_future\"").unwrap();
         assert_eq!(unknown, ErrorCode::Unknown);
+    }
+
+    /// An actor's error enum in the documented shape, plus a variant that holds a `RemoteError`
+    /// without being one.
+    #[derive(Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
+    enum ActorFailure {
+        #[error("refused: {0}")]
+        Refused(String),
+        #[error("saving failed: {0}")]
+        Saving(RemoteError),
+        #[error(transparent)]
+        Remote(#[from] RemoteError),
+    }
+
+    #[test]
+    fn remote_errors_serialize_as_a_struct_of_code_message_and_data() {
+        let error = RemoteError::new(ErrorCode::Conflict, "lost");
+        assert_eq!(
+            serde_json::to_value(&error).unwrap(),
+            serde_json::json!({"code": "conflict", "message": "lost", "data": null})
+        );
+        let data = Payload::encode(&7u8, Encoding::Bincode).unwrap();
+        let error = RemoteError {
+            data: Some(data),
+            ..error
+        };
+        let back: RemoteError = Payload::encode(&error, Encoding::Bincode)
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert_eq!(back, error);
+    }
+
+    #[test]
+    fn an_error_that_is_a_remote_error_keeps_its_code_message_and_data() {
+        for encoding in [Encoding::Json, Encoding::Bincode] {
+            for code in [
+                ErrorCode::Conflict,
+                ErrorCode::Unavailable,
+                ErrorCode::Internal,
+                ErrorCode::RateLimited,
+            ] {
+                let data = Payload::encode(&serde_json::json!({"retryAfterMs": 5}), encoding);
+                let carried = RemoteError {
+                    data: Some(data.unwrap()),
+                    ..RemoteError::new(code, "from the framework")
+                };
+                let sent =
+                    RemoteError::from_actor_error(&ActorFailure::Remote(carried.clone()), encoding);
+                assert_eq!(sent, carried, "{encoding:?}");
+                // `RemoteError` itself as the method's error type.
+                assert_eq!(
+                    RemoteError::from_actor_error(&carried, encoding),
+                    carried,
+                    "{encoding:?}"
+                );
+                // And the client rebuilds the same variant.
+                assert_eq!(ActorFailure::from(sent), ActorFailure::Remote(carried));
+            }
+        }
+    }
+
+    #[test]
+    fn data_a_json_frame_cannot_carry_is_left_out() {
+        let carried = RemoteError {
+            data: Some(Payload::encode(&5u64, Encoding::Bincode).unwrap()),
+            ..RemoteError::new(ErrorCode::RateLimited, "slow down")
+        };
+        let error = ActorFailure::Remote(carried.clone());
+        let sent = RemoteError::from_actor_error(&error, Encoding::Json);
+        assert_eq!(sent, RemoteError::new(ErrorCode::RateLimited, "slow down"));
+        // A bincode frame carries a payload of either encoding.
+        assert_eq!(
+            RemoteError::from_actor_error(&error, Encoding::Bincode),
+            carried
+        );
+    }
+
+    #[test]
+    fn other_errors_are_actor_errors_with_the_value_as_data() {
+        for encoding in [Encoding::Json, Encoding::Bincode] {
+            let cases = [
+                ActorFailure::Refused("no".into()),
+                // Holds a `RemoteError` but is not one: `From` would not rebuild it.
+                ActorFailure::Saving(RemoteError::new(ErrorCode::Conflict, "lost")),
+                // An `actor_error` (say, of an actor this one called) keeps this actor's value
+                // as data, so the client rebuilds this variant and not the other actor's error.
+                ActorFailure::Remote(RemoteError {
+                    data: Some(Payload::encode(&"Overflow", encoding).unwrap()),
+                    ..RemoteError::new(ErrorCode::ActorError, "overflow")
+                }),
+            ];
+            for error in cases {
+                let sent = RemoteError::from_actor_error(&error, encoding);
+                assert_eq!(sent.code, ErrorCode::ActorError, "{error:?}");
+                assert_eq!(sent.message, error.to_string());
+                let data: ActorFailure = sent.data.unwrap().decode().unwrap();
+                assert_eq!(data, error);
+            }
+        }
     }
 }

@@ -390,8 +390,8 @@ impl fmt::Debug for Reply {
     }
 }
 
-/// Encodes a stream method's outcome: each item in `encoding`, an error as `actor_error`. Used
-/// by generated code.
+/// Encodes a stream method's outcome: each item in `encoding`, an error as
+/// [`RemoteError::from_actor_error`] sends it. Used by generated code.
 pub fn encode_stream<T: Serialize + Send + 'static, E: ActorError>(
     outcome: Result<ActorStream<T>, E>,
     encoding: Encoding,

@@ -103,6 +103,59 @@ where
     .await
 }
 
+/// Runs `init` — what the function does before it can take invocations: read its
+/// configuration, make its clients and stores, expose its actors — then serves the gateway it
+/// makes, like [`serve`].
+///
+/// If `init` fails, the error is logged and the function still takes invocations: it fails each
+/// at once with a function error (`errorType` `Runtime.InitError`) carrying the init error's
+/// message, so a caller learns why at once instead of waiting for its timeout. The init error is
+/// returned when the runtime stops. (The Runtime API's `/runtime/init/error` would have Lambda
+/// fail the waiting invocation, but `cargo lambda watch` answers it as a success, and to
+/// whichever function's caller it finds first.)
+///
+/// ```no_run
+/// # use trebuchet::{ActorSystem, middleware::Gateway};
+/// # async fn run() -> Result<(), lambda_runtime::Error> {
+/// trebuchet_aws::lambda::serve_with_init(async {
+///     let store = trebuchet_aws::DynamoDbStateStore::from_env().await?;
+///     let system = ActorSystem::new();
+///     // system.expose("counter", …)?;
+///     # drop(store);
+///     Ok::<_, trebuchet_aws::ConfigError>(Gateway::new(system))
+/// })
+/// .await
+/// # }
+/// ```
+pub async fn serve_with_init<F, E, L>(init: F) -> Result<(), lambda_runtime::Error>
+where
+    F: Future<Output = Result<Gateway<L>, E>>,
+    E: Into<lambda_runtime::Error>,
+    L: Layer<trebuchet::ActorService>,
+    L::Service:
+        Service<Call, Response = Reply, Error = RemoteError> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Call>>::Future: Send + 'static,
+{
+    let error = match init.await {
+        Ok(gateway) => return serve(gateway).await,
+        Err(error) => error.into(),
+    };
+    let message = crate::error_chain(&*error);
+    tracing::error!(error = %message, "the function's init failed: every invocation fails with it");
+    let diagnostic = lambda_runtime::Diagnostic {
+        error_type: "Runtime.InitError".to_owned(),
+        error_message: format!("the function's init failed: {message}"),
+    };
+    let stopped = lambda_runtime::run(service_fn(move |_: LambdaEvent<serde::de::IgnoredAny>| {
+        std::future::ready(Err::<(), _>(diagnostic.clone()))
+    }))
+    .await;
+    if let Err(runtime) = stopped {
+        tracing::error!(error = %crate::error_chain(&*runtime), "the Lambda runtime stopped");
+    }
+    Err(error)
+}
+
 /// Turns Lambda events into calls of a service (the stack of a [`Gateway`]) and its answers into
 /// Lambda responses. [`serve`] runs one under the Lambda runtime; tests and other runtimes can
 /// call [`handle`](Self::handle) directly.

@@ -11,6 +11,9 @@
 //!    (200), or `{"error": {"code", "message", "data"}}` with the status of
 //!    [`http_status`].
 //!
+//! A function whose init fails ([`serve_with_init`]) answers every invocation with a function
+//! error carrying the init error, at once.
+//!
 //! Stateful actors keep their state in a [`State`](trebuchet::state::State) over a
 //! [`DynamoDbStateStore`](crate::DynamoDbStateStore): a warm instance keeps the state and its
 //! version between invocations, so an uncontended call costs one conditional write (one read and
@@ -20,7 +23,7 @@
 mod host;
 mod invoke;
 
-pub use host::{CloudLambdaContext, LambdaHost, MAX_PAYLOAD, http_status, serve};
+pub use host::{CloudLambdaContext, LambdaHost, MAX_PAYLOAD, http_status, serve, serve_with_init};
 pub use invoke::{
     FunctionTarget, HealthReport, InvocationType, LambdaConnection, LambdaTransport,
     LambdaTransportBuilder, TargetHealth, UNHEALTHY_AFTER,
