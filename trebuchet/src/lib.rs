@@ -64,6 +64,7 @@ mod shared_bytes;
 pub mod state;
 pub mod stream;
 mod system;
+pub mod tls;
 pub mod transport;
 
 pub use actor::{Actor, ActorError, ActorProtocol, DecodeRequestError, Dispatch, LocalActor};
@@ -75,6 +76,7 @@ pub use server::{ActorService, Call, ConnectionInfo, ReplayConfig, ServerConfig,
 pub use shared_bytes::SharedBytes;
 pub use stream::{ActorStream, Reply, StreamGap};
 pub use system::{ActorSystem, ExposeError};
+pub use tls::{TlsClientConfig, TlsError, TlsServerConfig};
 pub use transport::Transport;
 pub use trebuchet_macros::distributed_actor;
 

@@ -21,6 +21,7 @@ use crate::actor::RunToCompletion;
 use crate::protocol::{ErrorCode, Invocation, RemoteError};
 use crate::stream::Reply;
 use crate::system::ActorSystem;
+use crate::tls::TlsServerConfig;
 
 pub(crate) mod connection;
 pub(crate) mod streams;
@@ -192,6 +193,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// What the server keeps of each stream so that a client can resume it after a reconnect.
     pub stream_replay: ReplayConfig,
+    /// TLS for the WebSocket (`wss://`) and TCP (`tls://`) servers: their certificate and key.
+    /// `None` (the default) serves without TLS.
+    pub tls: Option<TlsServerConfig>,
 }
 
 impl Default for ServerConfig {
@@ -202,6 +206,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             stream_replay: ReplayConfig::default(),
+            tls: None,
         }
     }
 }
