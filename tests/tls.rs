@@ -131,7 +131,10 @@ async fn a_certificate_from_an_untrusted_ca_is_refused(wire: Wire) {
         assert!(matches!(error, ConnectError::Tls { .. }), "{error:?}");
         let message = error.to_string();
         assert!(message.contains("certificate"), "{message}");
-        assert!(message.contains("UnknownIssuer"), "{message}");
+        assert!(
+            message.contains("not signed by a certificate authority the client trusts"),
+            "{message}"
+        );
     }
 }
 
@@ -201,7 +204,10 @@ async fn a_tls_client_of_a_plain_server_fails_clearly() {
     for wire in [Wire::WebSocket, Wire::Tcp] {
         let server = serve(wire, None).await;
         let error = connect_error(tls_transport(wire, &server), ClientConfig::default()).await;
-        assert!(matches!(error, ConnectError::Tls { .. }), "{wire:?}: {error}");
+        assert!(
+            matches!(error, ConnectError::Tls { .. }),
+            "{wire:?}: {error}"
+        );
         assert!(error.to_string().contains("TLS"), "{wire:?}: {error}");
     }
 }
@@ -243,7 +249,13 @@ async fn the_client_reconnects_over_tls(wire: Wire) {
     let ca = TestCa::new("Trebuchet test CA");
     let tls = ca.server_config(SERVER_NAMES);
     let system = system();
-    let server = serve_on(wire, &system, "127.0.0.1:0".parse().unwrap(), Some(tls.clone())).await;
+    let server = serve_on(
+        wire,
+        &system,
+        "127.0.0.1:0".parse().unwrap(),
+        Some(tls.clone()),
+    )
+    .await;
     let addr = server.local_addr();
     let client = connect(tls_transport(wire, &server), trusting(ca.client_config()))
         .await

@@ -485,10 +485,7 @@ async fn connect_errors_are_clear() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     for url in [format!("ws://{addr}/"), format!("wss://{addr}/")] {
-        let error = system
-            .connect(Transport::WebSocket(url))
-            .await
-            .unwrap_err();
+        let error = system.connect(Transport::WebSocket(url)).await.unwrap_err();
         assert!(matches!(error, ConnectError::Io { .. }), "{error}");
     }
 }

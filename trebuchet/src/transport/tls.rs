@@ -8,6 +8,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use rustls::CertificateError;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -114,8 +115,17 @@ impl HandshakeFailure {
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>());
         let message = match rustls_error {
-            Some(rustls::Error::InvalidCertificate(_)) => {
-                format!("the server's certificate was refused: {error}")
+            Some(rustls::Error::InvalidCertificate(certificate)) => {
+                let why = match certificate {
+                    CertificateError::UnknownIssuer => {
+                        "it is not signed by a certificate authority the client trusts; "
+                    }
+                    CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                        "it has expired; "
+                    }
+                    _ => "",
+                };
+                format!("the server's certificate was refused: {why}{error}")
             }
             Some(rustls::Error::InvalidMessage(_)) => {
                 format!("the server does not speak TLS (or not this version of it): {error}")

@@ -286,11 +286,14 @@ impl Connector for WebSocketConnector {
                     .as_deref()
                     .map(String::from_utf8_lossy)
                     .unwrap_or_default();
-                io::Error::other(format!(
-                    "the server refused the WebSocket upgrade: {} {}",
-                    response.status(),
-                    body.trim()
-                ))
+                let mut message = format!(
+                    "the server refused the WebSocket upgrade: {}",
+                    response.status()
+                );
+                if !body.trim().is_empty() {
+                    message = format!("{message}: {}", body.trim());
+                }
+                io::Error::other(message)
             }
             other => io::Error::other(other.to_string()),
         })?;
