@@ -47,8 +47,8 @@
 //! ```
 //!
 //! The modules follow the layers of the system: [`protocol`] (the wire types) and [`codec`]
-//! (their encodings), [`actor`] (protocols and mailboxes), [`client`] and [`server`], and one
-//! module per [`transport`].
+//! (their encodings), [`actor`] (protocols and mailboxes), [`client`] and [`server`] (with their
+//! [`tls`] settings), and one module per [`transport`].
 
 #![warn(missing_docs)]
 

@@ -3,8 +3,8 @@
 //! | variant | module | encoding | notes |
 //! |---|---|---|---|
 //! | [`Transport::Local`] | [`local`] | none (typed messages) | same process, straight into the actor's mailbox |
-//! | [`Transport::WebSocket`] | [`websocket`] | bincode (binary frames) or JSON (text frames) | one multiplexed connection per client |
-//! | [`Transport::Tcp`] | [`tcp`] | bincode (length-prefixed frames) | one multiplexed connection per client |
+//! | [`Transport::WebSocket`] | [`websocket`] | bincode (binary frames) or JSON (text frames) | one multiplexed connection per client; `wss://` over TLS ([`crate::tls`]) |
+//! | [`Transport::Tcp`] | [`tcp`] | bincode (length-prefixed frames) | one multiplexed connection per client; `tls://host:port` over TLS ([`crate::tls`]) |
 //! | [`Transport::Custom`] | another crate (e.g. `trebuchet-aws`'s Lambda invoke transport) | its own | made by a [`Connector`] |
 //!
 //! Network transports differ only in framing: they turn their byte stream into [`Frame`]s, and
@@ -24,7 +24,7 @@ pub use crate::codec::Frame;
 
 pub mod local;
 pub mod tcp;
-pub mod tls;
+pub(crate) mod tls;
 pub mod websocket;
 
 /// Where a [`crate::Client`] sends its calls. Chosen at run time, so the same actor code runs on
