@@ -223,3 +223,48 @@ impl fmt::Debug for TlsServerConfig {
         f.debug_struct("TlsServerConfig").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_web_pki_configuration_is_built_once_with_its_roots() {
+        let first = TlsClientConfig::web_pki();
+        let second = TlsClientConfig::default();
+        assert!(Arc::ptr_eq(first.rustls(), second.rustls()));
+    }
+
+    #[test]
+    fn pem_without_certificates_is_refused() {
+        let error = TlsClientConfig::with_root_pem(b"not PEM at all").unwrap_err();
+        assert!(
+            matches!(
+                error,
+                TlsError::Pem {
+                    what: "root certificates",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let key_only = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let error = TlsServerConfig::from_pem(key_only, key_only).unwrap_err();
+        assert!(error.to_string().contains("certificate chain"), "{error}");
+        let broken = b"-----BEGIN CERTIFICATE-----\nAAAA\n";
+        let error = TlsClientConfig::with_root_pem(broken).unwrap_err();
+        assert!(matches!(error, TlsError::Pem { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let error =
+            TlsServerConfig::from_pem_files("/nonexistent/chain.pem", "/nonexistent/key.pem")
+                .unwrap_err();
+        assert!(matches!(error, TlsError::Read { .. }), "{error:?}");
+        assert!(
+            error.to_string().contains("/nonexistent/chain.pem"),
+            "{error}"
+        );
+    }
+}

@@ -204,3 +204,42 @@ impl AsyncWrite for MaybeTls {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handshake_error(error: rustls::Error) -> ConnectError {
+        let failure = HandshakeFailure::wrap(io::Error::new(io::ErrorKind::InvalidData, error));
+        connect_error("wss://example.test/", failure)
+    }
+
+    #[test]
+    fn certificate_failures_say_so_in_words() {
+        let error = handshake_error(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ));
+        assert!(matches!(error, ConnectError::Tls { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(message.contains("certificate was refused"), "{message}");
+        assert!(
+            message.contains("not signed by a certificate authority"),
+            "{message}"
+        );
+        let message = handshake_error(rustls::Error::InvalidCertificate(CertificateError::Expired))
+            .to_string();
+        assert!(message.contains("expired"), "{message}");
+    }
+
+    #[test]
+    fn other_connect_failures_stay_io_errors() {
+        let error = connect_error(
+            "wss://example.test/",
+            io::Error::from(io::ErrorKind::ConnectionRefused),
+        );
+        assert!(matches!(error, ConnectError::Io { .. }), "{error:?}");
+        let eof = HandshakeFailure::wrap(io::ErrorKind::UnexpectedEof.into());
+        let error = connect_error("wss://example.test/", eof);
+        assert!(error.to_string().contains("does it serve TLS"), "{error}");
+    }
+}
