@@ -186,7 +186,8 @@ pub struct ServerConfig {
     /// How many calls of one connection may be in flight before the server stops reading from it
     /// (default 1024).
     pub max_in_flight_per_connection: usize,
-    /// How long a connection may take to complete its handshake (default 10 s).
+    /// How long a connection may take to complete its handshake, the TLS handshake included
+    /// (default 10 s).
     pub handshake_timeout: Duration,
     /// On shutdown, how long calls in flight may take to finish before connections are dropped
     /// (default 10 s).
