@@ -1,16 +1,18 @@
 //! Streams survive lost connections: the client resumes them on the next connection and the
 //! server replays what was missed (docs/PROTOCOL.md, "Streams"). The chaos tests put a proxy
 //! between client and server that cuts every connection each time the consumer has read 100
-//! more items.
+//! more items, over every network transport, TLS ones included.
 
 mod common;
 #[path = "../examples/shared/counter_actor.rs"]
 mod counter_actor;
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::proxy::CuttingProxy;
+use common::tls::{SERVER_NAMES, TestCa};
 use common::{Probe, ProbeActor, ProbeClient};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -22,16 +24,31 @@ enum Wire {
     WebSocketBincode,
     WebSocketJson,
     Tcp,
+    /// `wss://`, bincode frames.
+    WebSocketTls,
+    /// `tls://`.
+    TcpTls,
 }
 
-async fn serve(wire: Wire, config: ServerConfig) -> (ActorSystem, ServerHandle) {
+/// The CA of the TLS wires' server certificates, which their clients trust.
+fn test_ca() -> &'static TestCa {
+    static CA: OnceLock<TestCa> = OnceLock::new();
+    CA.get_or_init(|| TestCa::new("Trebuchet test CA"))
+}
+
+async fn serve(wire: Wire, mut config: ServerConfig) -> (ActorSystem, ServerHandle) {
+    if let Wire::WebSocketTls | Wire::TcpTls = wire {
+        config.tls = Some(test_ca().server_config(SERVER_NAMES));
+    }
     let system = ActorSystem::new();
     system
         .expose("probe", ProbeActor::default().into_actor())
         .unwrap();
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let server = match wire {
-        Wire::Tcp => trebuchet::transport::tcp::serve(addr, system.service(), config).await,
+        Wire::Tcp | Wire::TcpTls => {
+            trebuchet::transport::tcp::serve(addr, system.service(), config).await
+        }
         _ => trebuchet::transport::websocket::serve(addr, system.service(), config).await,
     }
     .unwrap();
@@ -68,8 +85,11 @@ async fn connect_through(
     config.reconnect.initial_backoff = Duration::from_millis(5);
     config.reconnect.max_backoff = Duration::from_millis(50);
     config.stream_window = window;
+    config.tls = test_ca().client_config();
     let transport = match wire {
         Wire::Tcp => Transport::Tcp(proxy.addr().to_string()),
+        Wire::TcpTls => Transport::Tcp(format!("tls://{}", proxy.addr())),
+        Wire::WebSocketTls => Transport::WebSocket(format!("wss://{}/", proxy.addr())),
         _ => Transport::WebSocket(format!("ws://{}/", proxy.addr())),
     };
     system.connect_with(transport, config).await.unwrap()
@@ -138,6 +158,18 @@ async fn chaos_over_websocket_json() {
     assert!(cuts >= 40, "only {cuts} cuts");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_over_tls_tcp() {
+    let cuts = items_survive_a_cut_every_hundred(Wire::TcpTls, CHAOS_WINDOW, 10_000).await;
+    assert!(cuts >= 40, "only {cuts} cuts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_over_wss() {
+    let cuts = items_survive_a_cut_every_hundred(Wire::WebSocketTls, CHAOS_WINDOW, 10_000).await;
+    assert!(cuts >= 40, "only {cuts} cuts");
+}
+
 /// A server that does not know the stream (here: the client reconnects to another server, as
 /// after a restart) starts it afresh: the consumer gets a `StreamGap` error, then the restarted
 /// stream's items (`count_up` counts from 1 again).
@@ -185,6 +217,11 @@ async fn gap_and_restart_over_tcp() {
 #[tokio::test]
 async fn gap_and_restart_over_websocket() {
     a_stream_that_cannot_be_resumed_reports_a_gap_and_restarts(Wire::WebSocketBincode).await;
+}
+
+#[tokio::test]
+async fn gap_and_restart_over_wss() {
+    a_stream_that_cannot_be_resumed_reports_a_gap_and_restarts(Wire::WebSocketTls).await;
 }
 
 /// A consumer that does not read one stream does not hold up the others on its connection:

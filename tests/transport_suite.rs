@@ -1,5 +1,6 @@
 //! The same scenarios over every transport: in-process, WebSocket with bincode frames, WebSocket
-//! with JSON frames, and TCP. Each scenario is written once, as a function of a test bed.
+//! with JSON frames, TCP, and WebSocket and TCP over TLS. Each scenario is written once, as a
+//! function of a test bed.
 
 mod common;
 
@@ -352,6 +353,8 @@ transport_suite! {
     websocket_bincode => Kind::WebSocketBincode,
     websocket_json => Kind::WebSocketJson,
     tcp => Kind::Tcp,
+    websocket_tls => Kind::WebSocketTls,
+    tcp_tls => Kind::TcpTls,
 }
 
 /// Scenarios of the network transports only.
@@ -368,6 +371,16 @@ mod websocket_json_network {
 mod tcp_network {
     use super::*;
     transport_suite!(@tests Kind::Tcp; a_stream_item_over_the_frame_limit_ends_that_stream_only);
+}
+
+mod websocket_tls_network {
+    use super::*;
+    transport_suite!(@tests Kind::WebSocketTls; a_stream_item_over_the_frame_limit_ends_that_stream_only);
+}
+
+mod tcp_tls_network {
+    use super::*;
+    transport_suite!(@tests Kind::TcpTls; a_stream_item_over_the_frame_limit_ends_that_stream_only);
 }
 
 /// The same scenarios over the Lambda invoke transport, against the actors of
@@ -407,4 +420,9 @@ async fn a_tcp_connection_pool_spreads_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_connection_pool_spreads_calls() {
     a_connection_pool_spreads_calls(Kind::WebSocketBincode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_pool_spreads_calls() {
+    a_connection_pool_spreads_calls(Kind::TcpTls).await;
 }

@@ -6,10 +6,12 @@ pub mod aws;
 pub mod fault;
 pub mod proxy;
 pub mod raw;
+pub mod tls;
 
 pub use actors::*;
 use trebuchet::{
-    ActorSystem, Client, ClientConfig, Encoding, ServerConfig, ServerHandle, Transport,
+    ActorSystem, Client, ClientConfig, Encoding, ServerConfig, ServerHandle, TlsClientConfig,
+    Transport,
 };
 
 /// Which transport a test bed uses.
@@ -19,6 +21,10 @@ pub enum Kind {
     WebSocketBincode,
     WebSocketJson,
     Tcp,
+    /// WebSocket over TLS (`wss://`), bincode frames, with a certificate from a test CA.
+    WebSocketTls,
+    /// TCP over TLS (`tls://`), with a certificate from a test CA.
+    TcpTls,
     /// The actors of `src/bin/lambda_test_actors.rs`, running under `cargo lambda watch`, called
     /// with the Lambda invoke transport (see `aws`).
     Lambda,
@@ -33,6 +39,8 @@ pub struct Bed {
     pub transport: Transport,
     /// The counter of this bed (a Lambda bed gets one of its own in the shared table).
     pub counter_id: String,
+    /// How the bed's clients verify its server (TLS kinds trust the bed's own CA).
+    pub tls: TlsClientConfig,
 }
 
 impl Bed {
@@ -48,8 +56,13 @@ impl Bed {
     pub async fn start_configured(
         kind: Kind,
         mut config: ClientConfig,
-        server_config: ServerConfig,
+        mut server_config: ServerConfig,
     ) -> Bed {
+        if let Kind::WebSocketTls | Kind::TcpTls = kind {
+            let ca = tls::TestCa::new("Trebuchet test CA");
+            server_config.tls = Some(ca.server_config(tls::SERVER_NAMES));
+            config.tls = ca.client_config();
+        }
         let address = "127.0.0.1:0".parse().unwrap();
         let system = ActorSystem::new();
         system
@@ -64,7 +77,7 @@ impl Bed {
         let mut counter_id = "counter".to_owned();
         let (server, transport) = match kind {
             Kind::Local => (None, Transport::Local),
-            Kind::WebSocketBincode | Kind::WebSocketJson => {
+            Kind::WebSocketBincode | Kind::WebSocketJson | Kind::WebSocketTls => {
                 config.encoding = match kind {
                     Kind::WebSocketJson => Encoding::Json,
                     _ => Encoding::Bincode,
@@ -79,12 +92,13 @@ impl Bed {
                 let url = server.url().to_owned();
                 (Some(server), Transport::WebSocket(url))
             }
-            Kind::Tcp => {
+            Kind::Tcp | Kind::TcpTls => {
                 let server =
                     trebuchet::transport::tcp::serve(address, system.service(), server_config)
                         .await
                         .unwrap();
-                let address = server.local_addr().to_string();
+                // `host:port`, or `tls://host:port` for a TLS server.
+                let address = server.url().to_owned();
                 (Some(server), Transport::Tcp(address))
             }
             Kind::Lambda => {
@@ -92,6 +106,7 @@ impl Bed {
                 (None, aws::test_actors_transport().await.into())
             }
         };
+        let tls = config.tls.clone();
         let client = system
             .connect_with(transport.clone(), config)
             .await
@@ -102,12 +117,18 @@ impl Bed {
             client,
             transport,
             counter_id,
+            tls,
         }
     }
 
     /// Another client (its own connection, for network transports) to the same actors.
     pub async fn second_client(&self) -> Client {
-        self.system.connect(self.transport.clone()).await.unwrap()
+        let mut config = ClientConfig::default();
+        config.tls = self.tls.clone();
+        self.system
+            .connect_with(self.transport.clone(), config)
+            .await
+            .unwrap()
     }
 
     pub fn probe(&self) -> ProbeClient {

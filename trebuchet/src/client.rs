@@ -11,6 +11,7 @@ use crate::actor::{ActorError, ActorProtocol};
 use crate::protocol::{Encoding, ErrorCode, Metadata, Payload, RemoteError};
 use crate::stream::{ActorStream, PayloadStream, decode_stream};
 use crate::system::ActorSystem;
+use crate::tls::TlsClientConfig;
 use crate::transport::{Transport, local::LocalRoute};
 
 /// A connection that carries serialized calls to remote actors: the one trait every network
@@ -116,6 +117,9 @@ pub struct ClientConfig {
     pub stream_window: u64,
     /// Sent with every invocation (for example `authorization`).
     pub metadata: Metadata,
+    /// How `wss://` and `tls://` servers are verified (default: the web PKI roots). Unused by
+    /// `ws://` and plain TCP.
+    pub tls: TlsClientConfig,
 }
 
 impl ClientConfig {
@@ -145,6 +149,7 @@ impl Default for ClientConfig {
             reconnect: ReconnectPolicy::default(),
             stream_window: 4096,
             metadata: Metadata::new(),
+            tls: TlsClientConfig::default(),
         }
     }
 }
@@ -168,6 +173,15 @@ pub enum ConnectError {
         /// Why it failed.
         #[source]
         source: std::io::Error,
+    },
+    /// The TLS handshake failed: the server's certificate was refused (signed by a CA the client
+    /// does not trust, issued for another name, expired…), or the server does not speak TLS.
+    #[error("TLS handshake with {address} failed: {reason}")]
+    Tls {
+        /// The address connected to.
+        address: String,
+        /// What went wrong.
+        reason: String,
     },
     /// A transport of another crate ([`Transport::Custom`]) could not connect, or its settings
     /// are invalid.

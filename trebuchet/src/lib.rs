@@ -47,8 +47,8 @@
 //! ```
 //!
 //! The modules follow the layers of the system: [`protocol`] (the wire types) and [`codec`]
-//! (their encodings), [`actor`] (protocols and mailboxes), [`client`] and [`server`], and one
-//! module per [`transport`].
+//! (their encodings), [`actor`] (protocols and mailboxes), [`client`] and [`server`] (with their
+//! [`tls`] settings), and one module per [`transport`].
 
 #![warn(missing_docs)]
 
@@ -65,6 +65,7 @@ mod shared_bytes;
 pub mod state;
 pub mod stream;
 mod system;
+pub mod tls;
 pub mod transport;
 
 pub use actor::{Actor, ActorError, ActorProtocol, DecodeRequestError, Dispatch, LocalActor};
@@ -76,6 +77,7 @@ pub use server::{ActorService, Call, ConnectionInfo, ReplayConfig, ServerConfig,
 pub use shared_bytes::SharedBytes;
 pub use stream::{ActorStream, Reply, StreamGap};
 pub use system::{ActorSystem, ExposeError};
+pub use tls::{TlsClientConfig, TlsError, TlsServerConfig};
 pub use transport::Transport;
 pub use trebuchet_macros::distributed_actor;
 

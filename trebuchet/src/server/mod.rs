@@ -22,6 +22,7 @@ use crate::call_slots::CallSlot;
 use crate::protocol::{ErrorCode, Invocation, Payload, RemoteError};
 use crate::stream::Reply;
 use crate::system::ActorSystem;
+use crate::tls::TlsServerConfig;
 
 pub(crate) mod connection;
 pub(crate) mod streams;
@@ -257,7 +258,8 @@ pub struct ServerConfig {
     /// `cancel`. With all taken, the server reads on (cancels, acks, the peer leaving) but holds
     /// the next call unread until one finishes.
     pub max_in_flight_per_connection: usize,
-    /// How long a connection may take to complete its handshake (default 10 s).
+    /// How long a connection may take to complete its handshake, the TLS handshake included
+    /// (default 10 s).
     pub handshake_timeout: Duration,
     /// On shutdown, how long calls in flight may take to finish before connections are dropped
     /// (default 10 s).
@@ -270,6 +272,9 @@ pub struct ServerConfig {
     /// calls are never refused but count among those waiting. Calls a connection abandons
     /// before their turn leave the queue at once.
     pub max_queued_calls_per_actor: usize,
+    /// TLS for the WebSocket (`wss://`) and TCP (`tls://`) servers: their certificate and key.
+    /// `None` (the default) serves without TLS.
+    pub tls: Option<TlsServerConfig>,
 }
 
 impl Default for ServerConfig {
@@ -281,6 +286,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             stream_replay: ReplayConfig::default(),
             max_queued_calls_per_actor: 1024,
+            tls: None,
         }
     }
 }

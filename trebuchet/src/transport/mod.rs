@@ -3,8 +3,8 @@
 //! | variant | module | encoding | notes |
 //! |---|---|---|---|
 //! | [`Transport::Local`] | [`local`] | none (typed messages) | same process, straight into the actor's mailbox |
-//! | [`Transport::WebSocket`] | [`websocket`] | bincode (binary frames) or JSON (text frames) | one multiplexed connection per client |
-//! | [`Transport::Tcp`] | [`tcp`] | bincode (length-prefixed frames) | one multiplexed connection per client |
+//! | [`Transport::WebSocket`] | [`websocket`] | bincode (binary frames) or JSON (text frames) | one multiplexed connection per client; `wss://` over TLS ([`crate::tls`]) |
+//! | [`Transport::Tcp`] | [`tcp`] | bincode (length-prefixed frames) | one multiplexed connection per client; `tls://host:port` over TLS ([`crate::tls`]) |
 //! | [`Transport::Custom`] | another crate (e.g. `trebuchet-aws`'s Lambda invoke transport) | its own | made by a [`Connector`] |
 //!
 //! Network transports differ only in framing: they turn their byte stream into [`Frame`]s, and
@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use tokio::net::TcpStream;
+use tokio::io::AsyncRead;
 
 use futures_util::{Sink, Stream};
 
@@ -24,6 +24,7 @@ pub use crate::codec::Frame;
 
 pub mod local;
 pub mod tcp;
+pub(crate) mod tls;
 pub mod websocket;
 
 /// Where a [`crate::Client`] sends its calls. Chosen at run time, so the same actor code runs on
@@ -33,9 +34,12 @@ pub mod websocket;
 pub enum Transport {
     /// The actors of the [`crate::ActorSystem`] the client was made from, in this process.
     Local,
-    /// A Trebuchet WebSocket server, e.g. `ws://127.0.0.1:9090/`.
+    /// A Trebuchet WebSocket server, e.g. `ws://127.0.0.1:9090/`, or over TLS
+    /// `wss://api.example.com/prod` (verified with [`ClientConfig::tls`](crate::ClientConfig::tls)).
     WebSocket(String),
-    /// A Trebuchet TCP server, `host:port`, e.g. `127.0.0.1:9091`.
+    /// A Trebuchet TCP server, `host:port`, e.g. `127.0.0.1:9091`, or over TLS
+    /// `tls://host:port` (verified with [`ClientConfig::tls`](crate::ClientConfig::tls), the
+    /// host being the name checked).
     Tcp(String),
     /// A transport defined in another crate, such as the AWS Lambda invoke transport of
     /// `trebuchet-aws` (`Transport::from(LambdaTransport::…)`).
@@ -111,7 +115,7 @@ impl<T> FrameIo for T where
 
 /// Reads and discards what the peer still sends, until it closes or for at most a second (and
 /// 64 MiB), so that closing the socket does not reset the connection under the last answer.
-pub(crate) async fn drain_input(stream: &mut TcpStream) {
+pub(crate) async fn drain_input(stream: &mut (impl AsyncRead + Unpin)) {
     use tokio::io::AsyncReadExt;
     let mut buffer = vec![0u8; 64 * 1024];
     let mut budget: usize = 64 * 1024 * 1024;

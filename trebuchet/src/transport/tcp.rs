@@ -15,6 +15,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
@@ -27,7 +28,9 @@ use crate::server::connection::{Ending, serve_connection};
 use crate::server::streams::StreamRegistry;
 use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
 use crate::stream::Reply;
+use crate::tls::TlsClientConfig;
 use crate::transport::FrameError;
+use crate::transport::tls::{self, MaybeTls};
 
 /// The first frame of a TCP connection, in each direction: `b"TRBT"`, the protocol version and
 /// the encoding of the frames that follow (always bincode on TCP).
@@ -132,16 +135,16 @@ impl Encoder<Frame> for LengthPrefixed {
     }
 }
 
-/// A TCP connection (after the handshake) as a duplex stream of [`Frame`]s.
+/// A TCP connection (after the handshake), with or without TLS, as a duplex stream of
+/// [`Frame`]s.
 pub struct TcpFrames {
-    framed: Framed<PlainWrites, LengthPrefixed>,
+    framed: Framed<MaybeTls, LengthPrefixed>,
 }
 
 impl TcpFrames {
-    fn new(stream: TcpStream, max_frame_size: usize) -> Self {
-        let _ = stream.set_nodelay(true);
+    fn new(stream: MaybeTls, max_frame_size: usize) -> Self {
         TcpFrames {
-            framed: Framed::new(PlainWrites(stream), LengthPrefixed { max_frame_size }),
+            framed: Framed::new(stream, LengthPrefixed { max_frame_size }),
         }
     }
 
@@ -151,7 +154,12 @@ impl TcpFrames {
         match self.next().await {
             Some(Ok(frame)) => Handshake::check(&frame).map_err(FrameError::Protocol),
             Some(Err(error)) => Err(error),
-            None => Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+            // What a TLS server does to a client without TLS.
+            None => Err(FrameError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection during the handshake \
+                 (if the server requires TLS, connect to tls://host:port)",
+            ))),
         }
     }
 }
@@ -184,38 +192,6 @@ impl Sink<Frame> for TcpFrames {
     }
 }
 
-/// A TCP stream that the codec writes with plain `send`s: its write buffer is one contiguous
-/// slice, and `writev` of a single slice costs the kernel more than `send` of it.
-struct PlainWrites(TcpStream);
-
-impl tokio::io::AsyncRead for PlainWrites {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for PlainWrites {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
 /// Serves `service` over TCP on `addr` (port 0 picks a free port) until the returned handle is
 /// shut down or dropped. Every connection gets its own clone of `service`.
 pub async fn serve<S>(
@@ -228,7 +204,10 @@ where
     S::Future: Send + 'static,
 {
     let listener = TcpListener::bind(addr).await?;
-    let url = listener.local_addr()?.to_string();
+    let url = match config.tls {
+        Some(_) => format!("{TLS_SCHEME}{}", listener.local_addr()?),
+        None => listener.local_addr()?.to_string(),
+    };
     crate::server::listen(listener, url, service, config, serve_socket)
 }
 
@@ -243,8 +222,14 @@ async fn serve_socket<S>(
     S: Service<Call, Response = Reply, Error = RemoteError> + Send + 'static,
     S::Future: Send + 'static,
 {
+    let _ = stream.set_nodelay(true);
+    let deadline = Instant::now() + config.handshake_timeout;
+    // A client without TLS gets no answer: the TCP handshake has no way to say why.
+    let Some(stream) = tls::accept(stream, config.tls.as_ref(), deadline, &[]).await else {
+        return;
+    };
     let mut frames = TcpFrames::new(stream, config.max_frame_size);
-    match tokio::time::timeout(config.handshake_timeout, frames.handshake()).await {
+    match tokio::time::timeout_at(deadline, frames.handshake()).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
             tracing::debug!(%peer_addr, %error, "TCP handshake failed");
@@ -272,14 +257,22 @@ async fn serve_socket<S>(
     )
     .await;
     if ending == Ending::DrainInput {
-        super::drain_input(&mut frames.framed.get_mut().0).await;
+        super::drain_input(frames.framed.get_mut()).await;
     }
     tracing::debug!(%peer_addr, "TCP connection closed");
 }
 
+/// The prefix of a TCP address that asks for TLS: `tls://host:port`.
+const TLS_SCHEME: &str = "tls://";
+
 /// Opens TCP connections to one address.
 struct TcpConnector {
+    /// As the user gave it (for logs and errors).
     address: String,
+    /// `host:port`.
+    authority: String,
+    /// Set for `tls://` addresses.
+    tls: Option<TlsClientConfig>,
     max_frame_size: usize,
 }
 
@@ -291,7 +284,18 @@ impl Connector for TcpConnector {
     }
 
     async fn connect(&self) -> io::Result<TcpFrames> {
-        let stream = TcpStream::connect(self.address.as_str()).await?;
+        let stream = TcpStream::connect(self.authority.as_str()).await?;
+        let _ = stream.set_nodelay(true);
+        let stream = match &self.tls {
+            Some(config) => {
+                let host = self
+                    .authority
+                    .rsplit_once(':')
+                    .map_or(self.authority.as_str(), |(host, _port)| host);
+                tls::connect(config, stream, host).await?
+            }
+            None => MaybeTls::Plain(stream),
+        };
         let mut frames = TcpFrames::new(stream, self.max_frame_size);
         frames.handshake().await.map_err(|error| match error {
             FrameError::Io(error) => error,
@@ -301,15 +305,20 @@ impl Connector for TcpConnector {
     }
 }
 
-/// Connects a multiplexed, reconnecting client to the server at `address` (`host:port`).
+/// Connects a multiplexed, reconnecting client to the server at `address` (`host:port`, or
+/// `tls://host:port` for TLS).
 pub(crate) async fn connect(
     address: &str,
     config: ClientConfig,
 ) -> Result<Arc<dyn Connection>, ConnectError> {
-    if !address.contains(':') {
+    let (authority, tls) = match address.strip_prefix(TLS_SCHEME) {
+        Some(authority) => (authority, Some(config.tls.clone())),
+        None => (address, None),
+    };
+    if !authority.contains(':') || authority.contains('/') {
         return Err(ConnectError::InvalidAddress {
             address: address.to_owned(),
-            reason: "expected host:port".into(),
+            reason: "expected host:port or tls://host:port".into(),
         });
     }
     let mut config = config;
@@ -318,14 +327,13 @@ pub(crate) async fn connect(
     let max_frame_size = config.max_frame_size;
     let connector = || TcpConnector {
         address: address.to_owned(),
+        authority: authority.to_owned(),
+        tls: tls.clone(),
         max_frame_size,
     };
     Pool::connect(connector, config)
         .await
-        .map_err(|source| ConnectError::Io {
-            address: address.to_owned(),
-            source,
-        })
+        .map_err(|source| tls::connect_error(address, source))
 }
 
 #[cfg(test)]

@@ -13,11 +13,12 @@ use std::task::{Context, Poll, ready};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes, error::CapacityError};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
@@ -29,7 +30,9 @@ use crate::server::connection::{Ending, serve_connection};
 use crate::server::streams::StreamRegistry;
 use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
 use crate::stream::Reply;
+use crate::tls::TlsClientConfig;
 use crate::transport::FrameError;
+use crate::transport::tls::{self, MaybeTls};
 
 /// A WebSocket connection seen as a duplex stream of [`Frame`]s.
 pub struct WebSocketFrames<S> {
@@ -167,7 +170,8 @@ where
     S: Service<Call, Response = Reply, Error = RemoteError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    let url = format!("ws://{}/", listener.local_addr()?);
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+    let url = format!("{scheme}://{}/", listener.local_addr()?);
     crate::server::listen(listener, url, service, config, serve_socket)
 }
 
@@ -183,6 +187,11 @@ async fn serve_socket<S>(
     S::Future: Send + 'static,
 {
     let _ = stream.set_nodelay(true);
+    let deadline = Instant::now() + config.handshake_timeout;
+    let Some(stream) = tls::accept(stream, config.tls.as_ref(), deadline, PLAIN_REFUSAL).await
+    else {
+        return;
+    };
     let mut upgrade = None;
     #[allow(clippy::result_large_err)] // the error type is tungstenite's
     let callback = |request: &Request, response: Response| {
@@ -194,7 +203,7 @@ async fn serve_socket<S>(
         callback,
         Some(websocket_config(config.max_frame_size)),
     );
-    let socket = match tokio::time::timeout(config.handshake_timeout, handshake).await {
+    let socket = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(socket)) => socket,
         Ok(Err(error)) => {
             tracing::debug!(%peer_addr, %error, "WebSocket handshake failed");
@@ -230,28 +239,62 @@ async fn serve_socket<S>(
     tracing::debug!(%peer_addr, "WebSocket connection closed");
 }
 
+/// What a TLS WebSocket server answers a client that connects without TLS.
+const PLAIN_REFUSAL: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+connection: close\r\n\
+content-type: text/plain\r\n\
+content-length: 46\r\n\
+\r\n\
+this server requires TLS: connect with wss://\n";
+
 /// Opens WebSocket connections to one URL.
 struct WebSocketConnector {
     url: String,
+    /// `host:port`, to open the TCP connection to.
+    authority: String,
+    host: String,
+    /// Set for `wss://`.
+    tls: Option<TlsClientConfig>,
     max_frame_size: usize,
 }
 
 impl Connector for WebSocketConnector {
-    type Io = WebSocketFrames<MaybeTlsStream<TcpStream>>;
+    type Io = WebSocketFrames<MaybeTls>;
 
     fn peer(&self) -> &str {
         &self.url
     }
 
     async fn connect(&self) -> io::Result<Self::Io> {
-        let (socket, _response) = tokio_tungstenite::connect_async_with_config(
+        let stream = TcpStream::connect(self.authority.as_str()).await?;
+        let _ = stream.set_nodelay(true);
+        let stream = match &self.tls {
+            Some(config) => tls::connect(config, stream, &self.host).await?,
+            None => MaybeTls::Plain(stream),
+        };
+        let (socket, _response) = tokio_tungstenite::client_async_with_config(
             self.url.as_str(),
+            stream,
             Some(websocket_config(self.max_frame_size)),
-            true,
         )
         .await
         .map_err(|error| match error {
             tungstenite::Error::Io(error) => error,
+            tungstenite::Error::Http(response) => {
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                let mut message = format!(
+                    "the server refused the WebSocket upgrade: {}",
+                    response.status()
+                );
+                if !body.trim().is_empty() {
+                    message = format!("{message}: {}", body.trim());
+                }
+                io::Error::other(message)
+            }
             other => io::Error::other(other.to_string()),
         })?;
         Ok(WebSocketFrames::new(socket))
@@ -270,24 +313,26 @@ pub(crate) async fn connect(
     let request = url
         .into_client_request()
         .map_err(|error| invalid(error.to_string()))?;
-    match request.uri().scheme_str() {
-        Some("ws") => {}
-        Some("wss") => {
-            return Err(invalid(
-                "wss:// (TLS) is not supported yet; terminate TLS in front of the server".into(),
-            ));
-        }
-        _ => return Err(invalid("the URL must start with ws://".into())),
-    }
+    let uri = request.uri();
+    let (tls, default_port) = match uri.scheme_str() {
+        Some("ws") => (None, 80),
+        Some("wss") => (Some(config.tls.clone()), 443),
+        _ => return Err(invalid("the URL must start with ws:// or wss://".into())),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| invalid("the URL has no host".into()))?
+        .to_owned();
+    let authority = format!("{host}:{}", uri.port_u16().unwrap_or(default_port));
     let max_frame_size = config.max_frame_size;
     let connector = || WebSocketConnector {
         url: url.to_owned(),
+        authority: authority.clone(),
+        host: host.clone(),
+        tls: tls.clone(),
         max_frame_size,
     };
     Pool::connect(connector, config)
         .await
-        .map_err(|source| ConnectError::Io {
-            address: url.to_owned(),
-            source,
-        })
+        .map_err(|source| tls::connect_error(url, source))
 }
