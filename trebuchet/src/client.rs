@@ -116,6 +116,11 @@ pub struct ClientConfig {
     pub stream_window: u64,
     /// Sent with every invocation (for example `authorization`).
     pub metadata: Metadata,
+    /// The longest the client stays silent on a connection (default 20 s; `None`: no keepalive):
+    /// a connection on which nothing was sent for this long gets a keepalive (a WebSocket ping,
+    /// an empty TCP frame), so that the server's idle timeout never closes it. A server that
+    /// announces a shorter idle timeout gets a keepalive every third of it.
+    pub keepalive_interval: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -145,6 +150,7 @@ impl Default for ClientConfig {
             reconnect: ReconnectPolicy::default(),
             stream_window: 4096,
             metadata: Metadata::new(),
+            keepalive_interval: Some(Duration::from_secs(20)),
         }
     }
 }

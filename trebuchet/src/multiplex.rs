@@ -24,7 +24,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::BoxFuture;
@@ -340,6 +340,8 @@ struct Link<Io: FrameIo> {
     streams: Arc<StreamTable>,
     /// Fired when reading or writing finds the connection gone; the supervisor then reconnects.
     broken: CancellationToken,
+    /// Whether a frame was sent since the supervisor last looked (if not, it sends a keepalive).
+    sent: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -358,6 +360,7 @@ impl<Io: FrameIo + 'static> Link<Io> {
             pending: Mutex::new(Some(CallIdMap::default())),
             streams,
             broken: CancellationToken::new(),
+            sent: AtomicBool::new(false),
         })
     }
 
@@ -472,6 +475,7 @@ impl<Io: FrameIo + 'static> Link<Io> {
 
     /// Queues `frame` and writes the outbox unless another caller is already writing it.
     async fn send(&self, frame: Frame) -> Result<(), FrameError> {
+        self.sent.store(true, Ordering::Relaxed);
         lock(&self.outbox).push_back(frame);
         loop {
             let Ok(mut writer) = self.writer.try_lock() else {
@@ -1319,10 +1323,7 @@ async fn supervise<C: Connector>(
                 }
             },
         };
-        let lost = tokio::select! {
-            _ = closed.cancelled() => false,
-            _ = link.broken.cancelled() => true,
-        };
+        let lost = keep_alive(&link, &config, &closed).await;
         // Every caller still waiting on this link learns it is gone (their reply is dropped);
         // streams wait for the next link.
         lock(&link.pending).take();
@@ -1334,6 +1335,34 @@ async fn supervise<C: Connector>(
         }
         tracing::info!(peer = connector.peer(), "connection lost; reconnecting");
         state.send_replace(LinkState::Reconnecting);
+    }
+}
+
+/// Sends a keepalive on `link` whenever nothing was sent on it for a keepalive interval, until
+/// the link breaks (`true`) or the client is closed (`false`).
+async fn keep_alive<Io: FrameIo + 'static>(
+    link: &Link<Io>,
+    config: &ClientConfig,
+    closed: &CancellationToken,
+) -> bool {
+    loop {
+        let tick = async {
+            match config.keepalive_interval {
+                Some(interval) => tokio::time::sleep(interval).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = closed.cancelled() => return false,
+            _ = link.broken.cancelled() => return true,
+            _ = tick => {
+                if !link.sent.swap(false, Ordering::Relaxed) {
+                    let _ = link.send(Frame::keepalive()).await;
+                    // The keepalive does not count: the next tick looks at what callers sent.
+                    link.sent.store(false, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }
 

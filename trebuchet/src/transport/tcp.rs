@@ -9,7 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -20,14 +20,17 @@ use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 use crate::client::{ClientConfig, ConnectError, Connection};
-use crate::codec::Frame;
+use crate::codec::{self, Frame, encode_or_internal};
 use crate::multiplex::{Connector, Pool};
-use crate::protocol::{Encoding, PROTOCOL_VERSION, RemoteError, decode_bincode};
+use crate::protocol::{
+    Encoding, Envelope, PROTOCOL_VERSION, RemoteError, Response, decode_bincode,
+};
 use crate::server::connection::{Ending, serve_connection};
 use crate::server::streams::StreamRegistry;
-use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
+use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle, refusal_message};
 use crate::stream::Reply;
 use crate::transport::FrameError;
+use crate::transport::idle::{Idle, IdleWatch, idle_expired};
 
 /// The first frame of a TCP connection, in each direction: `b"TRBT"`, the protocol version and
 /// the encoding of the frames that follow (always bincode on TCP).
@@ -84,6 +87,17 @@ impl Handshake {
     }
 }
 
+/// The error a server answered instead of its handshake (it refuses the connection).
+fn refusal(frame: &Frame) -> Option<RemoteError> {
+    match codec::decode(frame) {
+        Ok(Envelope::Response(Response {
+            call_id: None,
+            outcome: Err(error),
+        })) => Some(error),
+        _ => None,
+    }
+}
+
 /// 4-byte big-endian length, then the frame.
 struct LengthPrefixed {
     max_frame_size: usize,
@@ -133,8 +147,11 @@ impl Encoder<Frame> for LengthPrefixed {
 }
 
 /// A TCP connection (after the handshake) as a duplex stream of [`Frame`]s.
+///
+/// An empty frame is a keepalive ([`Frame::keepalive`]): it is skipped on reading.
 pub struct TcpFrames {
     framed: Framed<PlainWrites, LengthPrefixed>,
+    idle: Option<IdleWatch>,
 }
 
 impl TcpFrames {
@@ -142,6 +159,7 @@ impl TcpFrames {
         let _ = stream.set_nodelay(true);
         TcpFrames {
             framed: Framed::new(PlainWrites(stream), LengthPrefixed { max_frame_size }),
+            idle: None,
         }
     }
 
@@ -149,7 +167,12 @@ impl TcpFrames {
     async fn handshake(&mut self) -> Result<(), FrameError> {
         self.send(Handshake::current().to_frame()).await?;
         match self.next().await {
-            Some(Ok(frame)) => Handshake::check(&frame).map_err(FrameError::Protocol),
+            Some(Ok(frame)) => Handshake::check(&frame).map_err(|error| match refusal(&frame) {
+                Some(refused) => {
+                    FrameError::Protocol(format!("the server refused the connection: {refused}"))
+                }
+                None => FrameError::Protocol(error),
+            }),
             Some(Err(error)) => Err(error),
             None => Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
         }
@@ -160,7 +183,26 @@ impl Stream for TcpFrames {
     type Item = Result<Frame, FrameError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Poll::Ready(ready!(self.framed.poll_next_unpin(cx)))
+        loop {
+            let frame = match self.framed.poll_next_unpin(cx) {
+                Poll::Ready(frame) => frame,
+                // TCP has no ping: a peer that says nothing for the whole timeout is closed.
+                Poll::Pending => match self.idle.as_mut().map(|idle| idle.poll(cx)) {
+                    Some(Poll::Ready(Idle::Ping)) => continue,
+                    Some(Poll::Ready(Idle::Expired)) => {
+                        return Poll::Ready(Some(Err(FrameError::Io(idle_expired()))));
+                    }
+                    _ => return Poll::Pending,
+                },
+            };
+            if let Some(idle) = self.idle.as_mut() {
+                idle.heard();
+            }
+            match frame {
+                Some(Ok(frame)) if frame.is_keepalive() => continue,
+                other => return Poll::Ready(other),
+            }
+        }
     }
 }
 
@@ -229,7 +271,28 @@ where
 {
     let listener = TcpListener::bind(addr).await?;
     let url = listener.local_addr()?.to_string();
-    crate::server::listen(listener, url, service, config, serve_socket)
+    crate::server::listen(listener, url, service, config, serve_socket, refuse_socket)
+}
+
+/// Refuses a connection past the server's limit: a `response` with `unavailable` (and no
+/// `callId`) instead of the handshake, which the Rust client reports as the reason it could not
+/// connect.
+async fn refuse_socket(stream: TcpStream, peer_addr: SocketAddr, config: ServerConfig) {
+    let mut frames = TcpFrames::new(stream, config.max_frame_size);
+    // The client's handshake is read first, so that closing the socket does not reset the
+    // connection under the refusal.
+    let _ = frames.next().await;
+    let refusal = Envelope::Response(Response {
+        call_id: None,
+        outcome: Err(RemoteError::unavailable(refusal_message(
+            config.max_connections,
+        ))),
+    });
+    let _ = frames
+        .send(encode_or_internal(&refusal, Encoding::Bincode))
+        .await;
+    let _ = frames.close().await;
+    tracing::debug!(%peer_addr, "TCP connection refused: at the connection limit");
 }
 
 async fn serve_socket<S>(
@@ -255,6 +318,7 @@ async fn serve_socket<S>(
             return;
         }
     }
+    frames.idle = config.idle_timeout.map(IdleWatch::new);
     let connection = Arc::new(ConnectionInfo {
         transport: "tcp",
         peer_addr: Some(peer_addr),

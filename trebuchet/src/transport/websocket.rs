@@ -10,12 +10,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes, error::CapacityError};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
@@ -27,20 +30,52 @@ use crate::multiplex::{Connector, Pool};
 use crate::protocol::{Encoding, RemoteError};
 use crate::server::connection::{Ending, serve_connection};
 use crate::server::streams::StreamRegistry;
-use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
+use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle, refusal_message};
 use crate::stream::Reply;
 use crate::transport::FrameError;
+use crate::transport::idle::{Idle, IdleWatch, idle_expired};
 
 /// A WebSocket connection seen as a duplex stream of [`Frame`]s.
+///
+/// A [`Frame::keepalive`] is sent as a ping. When reading fails because of what the peer sent,
+/// the close frame sent on closing carries the status that says why (1009 message too big, 1007
+/// invalid UTF-8, 1002 protocol violation).
 pub struct WebSocketFrames<S> {
     socket: WebSocketStream<S>,
+    idle: Option<IdleWatch>,
+    close_frame: Option<CloseFrame>,
 }
 
 impl<S> WebSocketFrames<S> {
     /// Wraps an established WebSocket connection.
     pub fn new(socket: WebSocketStream<S>) -> Self {
-        WebSocketFrames { socket }
+        WebSocketFrames {
+            socket,
+            idle: None,
+            close_frame: None,
+        }
     }
+
+    /// Pings the peer after half of `timeout` without anything received from it, and ends the
+    /// stream of frames with an error (closing with status 1001) after all of it.
+    fn with_idle_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.idle = timeout.map(IdleWatch::new);
+        self
+    }
+}
+
+/// The close frame that tells the peer why its connection is closed after `error`.
+fn close_frame_for(error: &tungstenite::Error) -> Option<CloseFrame> {
+    let (code, reason) = match error {
+        tungstenite::Error::Capacity(_) => (CloseCode::Size, "message too big"),
+        tungstenite::Error::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8 in a text message"),
+        tungstenite::Error::Protocol(_) => (CloseCode::Protocol, "WebSocket protocol violation"),
+        _ => return None,
+    };
+    Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    })
 }
 
 fn frame_error(error: tungstenite::Error) -> Option<FrameError> {
@@ -66,16 +101,53 @@ fn sink_error(error: tungstenite::Error) -> FrameError {
     })
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketFrames<S> {
+    /// Queues a ping (skipped if the socket cannot take it now: then the peer is not reading
+    /// either, and the idle timeout ends the connection).
+    fn ping(&mut self, cx: &mut Context<'_>) {
+        let mut socket = Pin::new(&mut self.socket);
+        if let Poll::Ready(Ok(())) = socket.as_mut().poll_ready(cx)
+            && socket
+                .as_mut()
+                .start_send(Message::Ping(Bytes::new()))
+                .is_ok()
+        {
+            let _ = socket.poll_flush(cx);
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocketFrames<S> {
     type Item = Result<Frame, FrameError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
-            let message = match ready!(Pin::new(&mut self.socket).poll_next(cx)) {
-                None => return Poll::Ready(None),
-                Some(Err(error)) => return Poll::Ready(frame_error(error).map(Err)),
-                Some(Ok(message)) => message,
+            let polled = Pin::new(&mut self.socket).poll_next(cx);
+            let message = match polled {
+                Poll::Pending => match self.idle.as_mut().map(|idle| idle.poll(cx)) {
+                    Some(Poll::Ready(Idle::Ping)) => {
+                        self.ping(cx);
+                        continue;
+                    }
+                    Some(Poll::Ready(Idle::Expired)) => {
+                        self.close_frame = Some(CloseFrame {
+                            code: CloseCode::Away,
+                            reason: Utf8Bytes::from_static("idle timeout"),
+                        });
+                        return Poll::Ready(Some(Err(FrameError::Io(idle_expired()))));
+                    }
+                    _ => return Poll::Pending,
+                },
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(error))) => {
+                    self.close_frame = close_frame_for(&error);
+                    return Poll::Ready(frame_error(error).map(Err));
+                }
+                Poll::Ready(Some(Ok(message))) => message,
             };
+            if let Some(idle) = self.idle.as_mut() {
+                idle.heard();
+            }
             let frame = match message {
                 Message::Text(text) => Frame {
                     encoding: Encoding::Json,
@@ -105,6 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Frame> for WebSocketFrames<S> {
 
     fn start_send(mut self: Pin<&mut Self>, frame: Frame) -> Result<(), FrameError> {
         let message = match frame.encoding {
+            _ if frame.is_keepalive() => Message::Ping(Bytes::new()),
             Encoding::Json => Message::Text(
                 Utf8Bytes::try_from(frame.data)
                     .map_err(|error| FrameError::Protocol(error.to_string()))?,
@@ -123,6 +196,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Frame> for WebSocketFrames<S> {
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+        if self.close_frame.is_some() {
+            ready!(Pin::new(&mut self.socket).poll_ready(cx)).map_err(sink_error)?;
+            let frame = self.close_frame.take();
+            Pin::new(&mut self.socket)
+                .start_send(Message::Close(frame))
+                .map_err(sink_error)?;
+        }
         Pin::new(&mut self.socket)
             .poll_close(cx)
             .map_err(sink_error)
@@ -168,7 +248,20 @@ where
     S::Future: Send + 'static,
 {
     let url = format!("ws://{}/", listener.local_addr()?);
-    crate::server::listen(listener, url, service, config, serve_socket)
+    crate::server::listen(listener, url, service, config, serve_socket, refuse_socket)
+}
+
+/// Refuses a connection past the server's limit: its upgrade request is answered with HTTP 503
+/// and the reason in the body.
+async fn refuse_socket(stream: TcpStream, peer_addr: SocketAddr, config: ServerConfig) {
+    #[allow(clippy::result_large_err)] // the error type is tungstenite's
+    let refuse = |_: &Request, _: Response| {
+        let mut refusal = ErrorResponse::new(Some(refusal_message(config.max_connections)));
+        *refusal.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        Err(refusal)
+    };
+    let _ = tokio_tungstenite::accept_hdr_async(stream, refuse).await;
+    tracing::debug!(%peer_addr, "WebSocket connection refused: at the connection limit");
 }
 
 async fn serve_socket<S>(
@@ -213,7 +306,7 @@ async fn serve_socket<S>(
         headers: headers.unwrap_or_default(),
     });
     tracing::debug!(%peer_addr, "WebSocket connection open");
-    let mut frames = WebSocketFrames::new(socket);
+    let mut frames = WebSocketFrames::new(socket).with_idle_timeout(config.idle_timeout);
     let ending = serve_connection(
         &mut frames,
         service,
@@ -252,6 +345,14 @@ impl Connector for WebSocketConnector {
         .await
         .map_err(|error| match error {
             tungstenite::Error::Io(error) => error,
+            tungstenite::Error::Http(response) => {
+                let body = response.body().as_deref().unwrap_or_default();
+                io::Error::other(format!(
+                    "the server refused the upgrade with HTTP {}: {}",
+                    response.status(),
+                    String::from_utf8_lossy(body)
+                ))
+            }
             other => io::Error::other(other.to_string()),
         })?;
         Ok(WebSocketFrames::new(socket))
