@@ -353,3 +353,53 @@ async fn errors_quote_at_most_the_start_of_a_huge_name() {
         assert!(message.contains("mmmm…"), "{message}");
     }
 }
+
+/// A client that accepts frames of 64 KiB, through a proxy that counts its connections, to a
+/// server that accepts 1 MiB: a result or stream item over 64 KiB is `payload_too_large` for
+/// that call or stream only, and the client never has to reconnect.
+async fn the_smaller_frame_limit_holds_both_ways(kind: Kind) {
+    let bed = Bed::start(kind).await;
+    let proxy = proxy::CuttingProxy::start(bed.server.as_ref().unwrap().local_addr()).await;
+    let transport = match kind {
+        Kind::Tcp => trebuchet::Transport::Tcp(proxy.addr().to_string()),
+        _ => trebuchet::Transport::WebSocket(format!("ws://{}/", proxy.addr())),
+    };
+    let mut config = ClientConfig::default();
+    config.max_frame_size = 64 * 1024;
+    let client = bed.system.connect_with(transport, config).await.unwrap();
+    let probe: ProbeClient = client.actor("probe");
+
+    let error = probe
+        .blob(200 * 1024)
+        .await
+        .expect_err("over the client's limit");
+    assert_eq!(
+        error.code(),
+        Some(trebuchet::ErrorCode::PayloadTooLarge),
+        "{error:?}"
+    );
+    assert_eq!(probe.blob(1024).await.unwrap().len(), 1024);
+
+    let mut stream = probe.endless(200 * 1024).await.unwrap();
+    let error = tokio::time::timeout(LIVENESS, stream.next())
+        .await
+        .expect("the stream stalled")
+        .expect("an error, not the end")
+        .expect_err("the item does not fit the client's frames");
+    assert_eq!(error.code, trebuchet::ErrorCode::PayloadTooLarge, "{error}");
+    assert!(stream.next().await.is_none(), "the stream ended");
+    let small = probe.count_up(3).await.unwrap();
+    let items: Vec<u64> = small.map(|item| item.unwrap()).collect().await;
+    assert_eq!(items, [1, 2, 3]);
+    assert_eq!(proxy.connections(), 1, "the client never had to reconnect");
+}
+
+#[tokio::test]
+async fn the_smaller_frame_limit_holds_on_websocket() {
+    the_smaller_frame_limit_holds_both_ways(Kind::WebSocketBincode).await;
+}
+
+#[tokio::test]
+async fn the_smaller_frame_limit_holds_on_tcp() {
+    the_smaller_frame_limit_holds_both_ways(Kind::Tcp).await;
+}

@@ -65,11 +65,32 @@ impl Handshake {
         }
     }
 
-    /// Reads and checks a peer's handshake.
-    fn check(frame: &Frame) -> Result<(), String> {
-        let handshake: Handshake = match decode_bincode(&frame.data) {
-            Ok((handshake, read)) if read == frame.data.len() => handshake,
-            _ => return Err("the first frame is not a Trebuchet handshake".into()),
+    /// The handshake frame followed, in the extended form, by `limits`.
+    fn to_frame_with(&self, limits: Option<Limits>) -> Frame {
+        let mut frame = self.to_frame();
+        if let Some(limits) = limits {
+            let mut data = frame.data.to_vec();
+            bincode::serde::encode_into_std_write(
+                limits,
+                &mut data,
+                crate::protocol::bincode_config(),
+            )
+            .expect("limits always encode");
+            frame.data = data.into();
+        }
+        frame
+    }
+
+    /// Reads and checks a peer's handshake, and the limits that follow it in the extended form.
+    fn check(frame: &Frame) -> Result<Option<Limits>, String> {
+        let not_a_handshake = || "the first frame is not a Trebuchet handshake".to_owned();
+        let (handshake, limits): (Handshake, _) = match decode_bincode(&frame.data) {
+            Ok((handshake, read)) if read == frame.data.len() => (handshake, None),
+            Ok((handshake, read)) => match decode_bincode::<Limits>(&frame.data[read..]) {
+                Ok((limits, rest)) if read + rest == frame.data.len() => (handshake, Some(limits)),
+                _ => return Err(not_a_handshake()),
+            },
+            _ => return Err(not_a_handshake()),
         };
         if handshake.magic != Self::MAGIC {
             return Err("the first frame is not a Trebuchet handshake".into());
@@ -83,7 +104,26 @@ impl Handshake {
         if handshake.encoding != Encoding::Bincode {
             return Err("TCP frames are bincode only".into());
         }
-        Ok(())
+        Ok(limits)
+    }
+}
+
+/// What the extended handshake adds after the 6 bytes: the largest frame its sender accepts, and
+/// the idle timeout it applies to the connection in milliseconds (0: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The largest frame the sender accepts, in bytes.
+    pub max_frame_size: u64,
+    /// After how many milliseconds without a frame the sender closes the connection (0: never).
+    pub idle_timeout_ms: u64,
+}
+
+impl Limits {
+    fn new(max_frame_size: usize, idle_timeout: Option<std::time::Duration>) -> Self {
+        Limits {
+            max_frame_size: max_frame_size as u64,
+            idle_timeout_ms: idle_timeout.map_or(0, |timeout| timeout.as_millis().max(1) as u64),
+        }
     }
 }
 
@@ -163,17 +203,37 @@ impl TcpFrames {
         }
     }
 
-    /// Sends our handshake and checks the peer's.
-    async fn handshake(&mut self) -> Result<(), FrameError> {
-        self.send(Handshake::current().to_frame()).await?;
-        match self.next().await {
-            Some(Ok(frame)) => Handshake::check(&frame).map_err(|error| match refusal(&frame) {
-                Some(refused) => {
-                    FrameError::Protocol(format!("the server refused the connection: {refused}"))
-                }
-                None => FrameError::Protocol(error),
-            }),
-            Some(Err(error)) => Err(error),
+    /// The client's handshake: sends ours (extended with `limits` if given), then checks the
+    /// server's and returns the limits it announced (`None`: the server sent the 6-byte form).
+    async fn client_handshake(
+        &mut self,
+        limits: Option<Limits>,
+    ) -> Result<Option<Limits>, FrameError> {
+        self.send(Handshake::current().to_frame_with(limits))
+            .await?;
+        let frame = self.handshake_frame().await?;
+        Handshake::check(&frame).map_err(|error| match refusal(&frame) {
+            Some(refused) => {
+                FrameError::Protocol(format!("the server refused the connection: {refused}"))
+            }
+            None => FrameError::Protocol(error),
+        })
+    }
+
+    /// The server's handshake: checks the client's, then answers in the same form (extended
+    /// with `limits` only to a client that sent the extended form: an older client accepts only
+    /// the 6 bytes). Returns the limits the client announced.
+    async fn server_handshake(&mut self, limits: Limits) -> Result<Option<Limits>, FrameError> {
+        let frame = self.handshake_frame().await?;
+        let peer = Handshake::check(&frame).map_err(FrameError::Protocol)?;
+        let ours = peer.map(|_| limits);
+        self.send(Handshake::current().to_frame_with(ours)).await?;
+        Ok(peer)
+    }
+
+    async fn handshake_frame(&mut self) -> Result<Frame, FrameError> {
+        match self.framed.next().await {
+            Some(frame) => frame,
             None => Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
         }
     }
@@ -307,8 +367,17 @@ async fn serve_socket<S>(
     S::Future: Send + 'static,
 {
     let mut frames = TcpFrames::new(stream, config.max_frame_size);
-    match tokio::time::timeout(config.handshake_timeout, frames.handshake()).await {
-        Ok(Ok(())) => {}
+    let limits = Limits::new(config.max_frame_size, config.idle_timeout);
+    let handshake = frames.server_handshake(limits);
+    let mut config = config;
+    match tokio::time::timeout(config.handshake_timeout, handshake).await {
+        Ok(Ok(peer)) => {
+            // Nothing larger than the client accepts is sent to it.
+            if let Some(peer) = peer {
+                let peer_max = usize::try_from(peer.max_frame_size).unwrap_or(usize::MAX);
+                config.max_frame_size = config.max_frame_size.min(peer_max);
+            }
+        }
         Ok(Err(error)) => {
             tracing::debug!(%peer_addr, %error, "TCP handshake failed");
             return;
@@ -355,13 +424,29 @@ impl Connector for TcpConnector {
     }
 
     async fn connect(&self) -> io::Result<TcpFrames> {
+        let limits = Limits::new(self.max_frame_size, None);
+        let (frames, server) = self.open(Some(limits)).await?;
+        if server.is_some() {
+            return Ok(frames);
+        }
+        // A server that answers the 6-byte form refuses the extended one: speak its form.
+        drop(frames);
+        Ok(self.open(None).await?.0)
+    }
+}
+
+impl TcpConnector {
+    async fn open(&self, limits: Option<Limits>) -> io::Result<(TcpFrames, Option<Limits>)> {
         let stream = TcpStream::connect(self.address.as_str()).await?;
         let mut frames = TcpFrames::new(stream, self.max_frame_size);
-        frames.handshake().await.map_err(|error| match error {
-            FrameError::Io(error) => error,
-            other => io::Error::other(other.to_string()),
-        })?;
-        Ok(frames)
+        let server = frames
+            .client_handshake(limits)
+            .await
+            .map_err(|error| match error {
+                FrameError::Io(error) => error,
+                other => io::Error::other(other.to_string()),
+            })?;
+        Ok((frames, server))
     }
 }
 
@@ -428,6 +513,27 @@ mod tests {
     fn the_handshake_is_the_six_bytes_in_the_protocol_document() {
         let frame = Handshake::current().to_frame();
         assert_eq!(&frame.data[..], &[0x54, 0x52, 0x42, 0x54, 0x01, 0x01]);
+    }
+
+    #[test]
+    fn the_extended_handshake_appends_the_limits_and_both_forms_are_read() {
+        let limits = Limits {
+            max_frame_size: 65536,
+            idle_timeout_ms: 0,
+        };
+        let frame = Handshake::current().to_frame_with(Some(limits));
+        // 65536 is a varint of 5 bytes (252: a u32 follows), 0 one byte.
+        assert_eq!(
+            &frame.data[..],
+            &[
+                0x54, 0x52, 0x42, 0x54, 0x01, 0x01, 0xfc, 0x00, 0x00, 0x01, 0x00, 0x00
+            ]
+        );
+        assert_eq!(Handshake::check(&frame), Ok(Some(limits)));
+        assert_eq!(Handshake::check(&Handshake::current().to_frame()), Ok(None));
+        let mut truncated = frame.clone();
+        truncated.data = frame.data.slice(..8);
+        assert!(Handshake::check(&truncated).is_err());
     }
 
     #[test]

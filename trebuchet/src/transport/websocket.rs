@@ -209,6 +209,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Frame> for WebSocketFrames<S> {
     }
 }
 
+/// The header of the upgrade request and response that names the largest frame (message) its
+/// sender accepts, in bytes. Optional: a peer that does not send it gets frames up to the
+/// receiver's own limit.
+const MAX_FRAME_HEADER: &str = "x-trebuchet-max-frame";
+
+/// The header of the upgrade response that names the server's idle timeout in milliseconds.
+const IDLE_TIMEOUT_HEADER: &str = "x-trebuchet-idle-timeout-ms";
+
 /// tungstenite zeroes its whole read buffer before every read, so a large one (the default is
 /// 128 KiB) costs microseconds per call even for small frames; large frames just take a few
 /// more reads.
@@ -277,8 +285,20 @@ async fn serve_socket<S>(
 {
     let _ = stream.set_nodelay(true);
     let mut upgrade = None;
+    let mut peer_max_frame_size = None;
+    let idle_timeout = config.idle_timeout;
+    let own_max_frame_size = config.max_frame_size;
     #[allow(clippy::result_large_err)] // the error type is tungstenite's
-    let callback = |request: &Request, response: Response| {
+    let callback = |request: &Request, mut response: Response| {
+        peer_max_frame_size = request
+            .headers()
+            .get(MAX_FRAME_HEADER)
+            .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+        let headers = response.headers_mut();
+        headers.insert(MAX_FRAME_HEADER, own_max_frame_size.into());
+        if let Some(timeout) = idle_timeout {
+            headers.insert(IDLE_TIMEOUT_HEADER, (timeout.as_millis() as u64).into());
+        }
         upgrade = Some((request.uri().clone(), request.headers().clone()));
         Ok(response)
     };
@@ -298,6 +318,11 @@ async fn serve_socket<S>(
             return;
         }
     };
+    // Nothing larger than the client accepts is sent to it.
+    let mut config = config;
+    if let Some(peer_max) = peer_max_frame_size {
+        config.max_frame_size = config.max_frame_size.min(peer_max);
+    }
     let (uri, headers) = upgrade.unzip();
     let connection = Arc::new(ConnectionInfo {
         transport: "websocket",
@@ -337,8 +362,16 @@ impl Connector for WebSocketConnector {
     }
 
     async fn connect(&self) -> io::Result<Self::Io> {
+        let mut request = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(io::Error::other)?;
+        request
+            .headers_mut()
+            .insert(MAX_FRAME_HEADER, self.max_frame_size.into());
         let (socket, _response) = tokio_tungstenite::connect_async_with_config(
-            self.url.as_str(),
+            request,
             Some(websocket_config(self.max_frame_size)),
             true,
         )
