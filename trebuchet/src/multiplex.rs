@@ -26,6 +26,7 @@ use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -54,6 +55,24 @@ pub(crate) trait Connector: Send + Sync + 'static {
     fn peer(&self) -> &str;
     /// Opens one connection.
     fn connect(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
+    /// The idle timeout the server announced on `io`, if it did.
+    fn server_idle_timeout(_io: &Self::Io) -> Option<Duration> {
+        None
+    }
+}
+
+/// How often to send a keepalive on a connection: the configured interval, or a third of the
+/// idle timeout the server announced if that is shorter (so the gap between two frames the
+/// client sends, at most two intervals, stays under the timeout).
+fn keepalive_interval(
+    config: &ClientConfig,
+    server_idle_timeout: Option<Duration>,
+) -> Option<Duration> {
+    let configured = config.keepalive_interval?;
+    Some(match server_idle_timeout {
+        Some(timeout) => configured.min(timeout / 3),
+        None => configured,
+    })
 }
 
 /// The turn to read a link's socket.
@@ -342,6 +361,8 @@ struct Link<Io: FrameIo> {
     broken: CancellationToken,
     /// Whether a frame was sent since the supervisor last looked (if not, it sends a keepalive).
     sent: AtomicBool,
+    /// How often the supervisor looks (`None`: no keepalives).
+    keepalive: Option<Duration>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -351,7 +372,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<Io: FrameIo + 'static> Link<Io> {
-    fn new(io: Io, streams: Arc<StreamTable>) -> Arc<Self> {
+    fn new(io: Io, streams: Arc<StreamTable>, keepalive: Option<Duration>) -> Arc<Self> {
         let (writer, reader) = io.split();
         Arc::new(Link {
             outbox: Mutex::default(),
@@ -361,6 +382,7 @@ impl<Io: FrameIo + 'static> Link<Io> {
             streams,
             broken: CancellationToken::new(),
             sent: AtomicBool::new(false),
+            keepalive,
         })
     }
 
@@ -965,7 +987,8 @@ impl<C: Connector> Multiplexed<C> {
         // The first link is up before `connect` returns: calls made right away must not wait for
         // the supervisor task (waking waiters would lose the order the calls were made in).
         let streams = Arc::new(StreamTable::new(config.stream_window.max(1)));
-        let link = Link::new(io, streams.clone());
+        let keepalive = keepalive_interval(&config, C::server_idle_timeout(&io));
+        let link = Link::new(io, streams.clone(), keepalive);
         let (state, watched) = watch::channel(LinkState::Up(link.clone()));
         let closed = CancellationToken::new();
         let peer = connector.peer().to_owned();
@@ -1299,7 +1322,8 @@ async fn supervise<C: Connector>(
             Some(link) => link,
             None => match reconnect(&connector, &config, &closed).await {
                 Some(io) => {
-                    let link = Link::new(io, streams.clone());
+                    let keepalive = keepalive_interval(&config, C::server_idle_timeout(&io));
+                    let link = Link::new(io, streams.clone(), keepalive);
                     // Open streams continue where they were; nobody reads this link before it
                     // is published, so the answers wait in the socket until then.
                     for resume in streams.resumes(&call_ids, &config) {
@@ -1323,7 +1347,7 @@ async fn supervise<C: Connector>(
                 }
             },
         };
-        let lost = keep_alive(&link, &config, &closed).await;
+        let lost = keep_alive(&link, &closed).await;
         // Every caller still waiting on this link learns it is gone (their reply is dropped);
         // streams wait for the next link.
         lock(&link.pending).take();
@@ -1340,14 +1364,10 @@ async fn supervise<C: Connector>(
 
 /// Sends a keepalive on `link` whenever nothing was sent on it for a keepalive interval, until
 /// the link breaks (`true`) or the client is closed (`false`).
-async fn keep_alive<Io: FrameIo + 'static>(
-    link: &Link<Io>,
-    config: &ClientConfig,
-    closed: &CancellationToken,
-) -> bool {
+async fn keep_alive<Io: FrameIo + 'static>(link: &Link<Io>, closed: &CancellationToken) -> bool {
     loop {
         let tick = async {
-            match config.keepalive_interval {
+            match link.keepalive {
                 Some(interval) => tokio::time::sleep(interval).await,
                 None => std::future::pending().await,
             }
@@ -1428,6 +1448,25 @@ mod tests {
             }
         }
         seen
+    }
+
+    #[test]
+    fn keepalives_come_at_a_third_of_a_shorter_announced_idle_timeout() {
+        let config = ClientConfig::default();
+        let configured = config.keepalive_interval.unwrap();
+        assert_eq!(keepalive_interval(&config, None), Some(configured));
+        let long = configured * 10;
+        assert_eq!(keepalive_interval(&config, Some(long)), Some(configured));
+        let short = Duration::from_millis(300);
+        assert_eq!(
+            keepalive_interval(&config, Some(short)),
+            Some(Duration::from_millis(100))
+        );
+        let off = ClientConfig {
+            keepalive_interval: None,
+            ..ClientConfig::default()
+        };
+        assert_eq!(keepalive_interval(&off, Some(short)), None);
     }
 
     #[test]

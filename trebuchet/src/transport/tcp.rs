@@ -192,6 +192,8 @@ impl Encoder<Frame> for LengthPrefixed {
 pub struct TcpFrames {
     framed: Framed<PlainWrites, LengthPrefixed>,
     idle: Option<IdleWatch>,
+    /// The limits the peer announced in its handshake.
+    peer_limits: Option<Limits>,
 }
 
 impl TcpFrames {
@@ -200,6 +202,7 @@ impl TcpFrames {
         TcpFrames {
             framed: Framed::new(PlainWrites(stream), LengthPrefixed { max_frame_size }),
             idle: None,
+            peer_limits: None,
         }
     }
 
@@ -423,6 +426,12 @@ impl Connector for TcpConnector {
         &self.address
     }
 
+    fn server_idle_timeout(io: &TcpFrames) -> Option<std::time::Duration> {
+        io.peer_limits
+            .filter(|limits| limits.idle_timeout_ms > 0)
+            .map(|limits| std::time::Duration::from_millis(limits.idle_timeout_ms))
+    }
+
     async fn connect(&self) -> io::Result<TcpFrames> {
         let limits = Limits::new(self.max_frame_size, None);
         let (frames, server) = self.open(Some(limits)).await?;
@@ -446,6 +455,7 @@ impl TcpConnector {
                 FrameError::Io(error) => error,
                 other => io::Error::other(other.to_string()),
             })?;
+        frames.peer_limits = server;
         Ok((frames, server))
     }
 }

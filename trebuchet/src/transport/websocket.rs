@@ -44,6 +44,8 @@ pub struct WebSocketFrames<S> {
     socket: WebSocketStream<S>,
     idle: Option<IdleWatch>,
     close_frame: Option<CloseFrame>,
+    /// The idle timeout the server announced in its upgrade response.
+    server_idle_timeout: Option<std::time::Duration>,
 }
 
 impl<S> WebSocketFrames<S> {
@@ -53,6 +55,7 @@ impl<S> WebSocketFrames<S> {
             socket,
             idle: None,
             close_frame: None,
+            server_idle_timeout: None,
         }
     }
 
@@ -361,6 +364,10 @@ impl Connector for WebSocketConnector {
         &self.url
     }
 
+    fn server_idle_timeout(io: &Self::Io) -> Option<std::time::Duration> {
+        io.server_idle_timeout
+    }
+
     async fn connect(&self) -> io::Result<Self::Io> {
         let mut request = self
             .url
@@ -370,7 +377,7 @@ impl Connector for WebSocketConnector {
         request
             .headers_mut()
             .insert(MAX_FRAME_HEADER, self.max_frame_size.into());
-        let (socket, _response) = tokio_tungstenite::connect_async_with_config(
+        let (socket, response) = tokio_tungstenite::connect_async_with_config(
             request,
             Some(websocket_config(self.max_frame_size)),
             true,
@@ -388,7 +395,14 @@ impl Connector for WebSocketConnector {
             }
             other => io::Error::other(other.to_string()),
         })?;
-        Ok(WebSocketFrames::new(socket))
+        let mut frames = WebSocketFrames::new(socket);
+        frames.server_idle_timeout = response
+            .headers()
+            .get(IDLE_TIMEOUT_HEADER)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+            .filter(|millis| *millis > 0)
+            .map(std::time::Duration::from_millis);
+        Ok(frames)
     }
 }
 
