@@ -398,3 +398,40 @@ async fn the_smaller_frame_limit_holds_on_websocket() {
 async fn the_smaller_frame_limit_holds_on_tcp() {
     the_smaller_frame_limit_holds_both_ways(Kind::Tcp).await;
 }
+
+/// A client that accepts 1 MiB, to a server that accepts 64 KiB: a call over 64 KiB is refused
+/// by the client itself with `payload_too_large`, and the connection goes on.
+async fn calls_over_the_servers_limit_are_refused_before_sending(kind: Kind) {
+    let mut server_config = ServerConfig::default();
+    server_config.max_frame_size = 64 * 1024;
+    let bed = Bed::start_configured(kind, ClientConfig::default(), server_config).await;
+    let proxy = proxy::CuttingProxy::start(bed.server.as_ref().unwrap().local_addr()).await;
+    let transport = match kind {
+        Kind::Tcp => trebuchet::Transport::Tcp(proxy.addr().to_string()),
+        _ => trebuchet::Transport::WebSocket(format!("ws://{}/", proxy.addr())),
+    };
+    let client = bed.system.connect(transport).await.unwrap();
+    let probe: ProbeClient = client.actor("probe");
+    let error = probe
+        .echo("x".repeat(200 * 1024))
+        .await
+        .expect_err("over the server's limit");
+    assert_eq!(
+        error.code(),
+        Some(trebuchet::ErrorCode::PayloadTooLarge),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("65536"), "{error}");
+    assert_eq!(probe.echo("small".into()).await.unwrap(), "small");
+    assert_eq!(proxy.connections(), 1, "the connection was never closed");
+}
+
+#[tokio::test]
+async fn websocket_calls_over_the_servers_limit_are_refused_before_sending() {
+    calls_over_the_servers_limit_are_refused_before_sending(Kind::WebSocketBincode).await;
+}
+
+#[tokio::test]
+async fn tcp_calls_over_the_servers_limit_are_refused_before_sending() {
+    calls_over_the_servers_limit_are_refused_before_sending(Kind::Tcp).await;
+}

@@ -59,6 +59,17 @@ pub(crate) trait Connector: Send + Sync + 'static {
     fn server_idle_timeout(_io: &Self::Io) -> Option<Duration> {
         None
     }
+    /// The largest frame the server announced it accepts on `io`, if it did.
+    fn server_max_frame_size(_io: &Self::Io) -> Option<usize> {
+        None
+    }
+}
+
+/// The largest frame to send on `io`: the client's own limit, or the server's if smaller.
+fn frame_limit<C: Connector>(config: &ClientConfig, io: &C::Io) -> usize {
+    C::server_max_frame_size(io).map_or(config.max_frame_size, |server| {
+        server.min(config.max_frame_size)
+    })
 }
 
 /// How often to send a keepalive on a connection: the configured interval, or a third of the
@@ -970,6 +981,8 @@ pub(crate) struct Multiplexed<C: Connector> {
     /// The deadlines of the calls in flight, watched by one task (see [`Deadlines`]).
     deadlines: Arc<Deadlines>,
     closed: CancellationToken,
+    /// The largest frame sent on the current connection (see [`frame_limit`]).
+    frame_limit: Arc<AtomicUsize>,
 }
 
 impl<C: Connector> Drop for Multiplexed<C> {
@@ -988,6 +1001,7 @@ impl<C: Connector> Multiplexed<C> {
         // the supervisor task (waking waiters would lose the order the calls were made in).
         let streams = Arc::new(StreamTable::new(config.stream_window.max(1)));
         let keepalive = keepalive_interval(&config, C::server_idle_timeout(&io));
+        let frame_limit = Arc::new(AtomicUsize::new(frame_limit::<C>(&config, &io)));
         let link = Link::new(io, streams.clone(), keepalive);
         let (state, watched) = watch::channel(LinkState::Up(link.clone()));
         let closed = CancellationToken::new();
@@ -1000,6 +1014,7 @@ impl<C: Connector> Multiplexed<C> {
             config.clone(),
             closed.clone(),
             next_call_id.clone(),
+            frame_limit.clone(),
         ));
         let deadlines = Arc::new(Deadlines::default());
         let watcher = deadlines.clone();
@@ -1014,6 +1029,7 @@ impl<C: Connector> Multiplexed<C> {
             streams,
             deadlines,
             closed,
+            frame_limit,
         })
     }
 
@@ -1088,13 +1104,13 @@ impl<C: Connector> Multiplexed<C> {
         };
         let frame = codec::encode_invocation(&invocation, self.config.encoding)
             .map_err(|error| RemoteError::bad_request(error.to_string()))?;
-        if frame.data.len() > self.config.max_frame_size {
+        let limit = self.frame_limit.load(Ordering::Relaxed);
+        if frame.data.len() > limit {
             return Err(RemoteError::new(
                 ErrorCode::PayloadTooLarge,
                 format!(
-                    "the call of {} bytes exceeds the frame limit of {} bytes",
+                    "the call of {} bytes exceeds the frame limit of {limit} bytes",
                     frame.data.len(),
-                    self.config.max_frame_size
                 ),
             ));
         }
@@ -1314,6 +1330,7 @@ async fn supervise<C: Connector>(
     config: ClientConfig,
     closed: CancellationToken,
     call_ids: Arc<AtomicU64>,
+    frame_limit_now: Arc<AtomicUsize>,
 ) {
     let streams = first.streams.clone();
     let mut first = Some(first);
@@ -1323,6 +1340,7 @@ async fn supervise<C: Connector>(
             None => match reconnect(&connector, &config, &closed).await {
                 Some(io) => {
                     let keepalive = keepalive_interval(&config, C::server_idle_timeout(&io));
+                    frame_limit_now.store(frame_limit::<C>(&config, &io), Ordering::Relaxed);
                     let link = Link::new(io, streams.clone(), keepalive);
                     // Open streams continue where they were; nobody reads this link before it
                     // is published, so the answers wait in the socket until then.

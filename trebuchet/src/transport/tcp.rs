@@ -426,6 +426,11 @@ impl Connector for TcpConnector {
         &self.address
     }
 
+    fn server_max_frame_size(io: &TcpFrames) -> Option<usize> {
+        let limits = io.peer_limits?;
+        Some(usize::try_from(limits.max_frame_size).unwrap_or(usize::MAX))
+    }
+
     fn server_idle_timeout(io: &TcpFrames) -> Option<std::time::Duration> {
         io.peer_limits
             .filter(|limits| limits.idle_timeout_ms > 0)

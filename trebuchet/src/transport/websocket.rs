@@ -46,6 +46,8 @@ pub struct WebSocketFrames<S> {
     close_frame: Option<CloseFrame>,
     /// The idle timeout the server announced in its upgrade response.
     server_idle_timeout: Option<std::time::Duration>,
+    /// The largest message the server announced it accepts in its upgrade response.
+    server_max_frame_size: Option<usize>,
 }
 
 impl<S> WebSocketFrames<S> {
@@ -56,6 +58,7 @@ impl<S> WebSocketFrames<S> {
             idle: None,
             close_frame: None,
             server_idle_timeout: None,
+            server_max_frame_size: None,
         }
     }
 
@@ -368,6 +371,10 @@ impl Connector for WebSocketConnector {
         io.server_idle_timeout
     }
 
+    fn server_max_frame_size(io: &Self::Io) -> Option<usize> {
+        io.server_max_frame_size
+    }
+
     async fn connect(&self) -> io::Result<Self::Io> {
         let mut request = self
             .url
@@ -402,6 +409,10 @@ impl Connector for WebSocketConnector {
             .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
             .filter(|millis| *millis > 0)
             .map(std::time::Duration::from_millis);
+        frames.server_max_frame_size = response
+            .headers()
+            .get(MAX_FRAME_HEADER)
+            .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
         Ok(frames)
     }
 }
