@@ -1,7 +1,8 @@
 //! The TCP transport: length-prefixed binary frames.
 //!
 //! Every frame is a 4-byte big-endian length, then that many bytes. The first frame in each
-//! direction is a [`Handshake`] (protocol version and encoding); every frame after it is one
+//! direction is a [`Handshake`] (protocol version and encoding, then in its extended form the
+//! sender's [`Limits`]); an empty frame is a keepalive; every other frame after it is one
 //! bincode envelope, exactly as in WebSocket binary messages. The length is checked against the
 //! limit before any buffer is reserved for the frame.
 
