@@ -120,6 +120,11 @@ pub struct ClientConfig {
     /// How `wss://` and `tls://` servers are verified (default: the web PKI roots). Unused by
     /// `ws://` and plain TCP.
     pub tls: TlsClientConfig,
+    /// The longest the client stays silent on a connection (default 20 s; `None`: no keepalive):
+    /// a connection on which nothing was sent for this long gets a keepalive (a WebSocket ping,
+    /// an empty TCP frame), so that the server's idle timeout never closes it. A server that
+    /// announces a shorter idle timeout gets a keepalive every third of it.
+    pub keepalive_interval: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -150,6 +155,7 @@ impl Default for ClientConfig {
             stream_window: 4096,
             metadata: Metadata::new(),
             tls: TlsClientConfig::default(),
+            keepalive_interval: Some(Duration::from_secs(20)),
         }
     }
 }

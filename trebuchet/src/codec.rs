@@ -25,6 +25,7 @@ use crate::protocol::{
     StreamBatch, StreamData, StreamEnd, StreamError, StreamResume, StreamStart, decode_bincode,
     encode_bincode,
 };
+use crate::quoted;
 use crate::stream::PayloadBatch;
 
 /// One transport message: the bytes of one envelope and how they are encoded.
@@ -34,6 +35,23 @@ pub struct Frame {
     pub encoding: Encoding,
     /// The encoded envelope.
     pub data: Bytes,
+}
+
+impl Frame {
+    /// A frame that carries no envelope, only the news that its sender is still there: the
+    /// transports send it as their keepalive (a WebSocket ping, an empty TCP frame) and skip it
+    /// when it arrives.
+    pub fn keepalive() -> Self {
+        Frame {
+            encoding: Encoding::Bincode,
+            data: Bytes::new(),
+        }
+    }
+
+    /// Whether this is a [`keepalive`](Self::keepalive) frame.
+    pub fn is_keepalive(&self) -> bool {
+        self.encoding == Encoding::Bincode && self.data.is_empty()
+    }
 }
 
 /// An envelope could not be encoded.
@@ -407,7 +425,10 @@ impl<'a> JsonFrame<'a> {
         let missing = |field: &str| {
             DecodeError::new(
                 call_id,
-                format!("malformed '{kind}' envelope: missing field '{field}'"),
+                format!(
+                    "malformed '{}' envelope: missing field '{field}'",
+                    quoted::name(&kind)
+                ),
             )
         };
         // Most stream envelopes need these two.
@@ -497,7 +518,7 @@ impl<'a> JsonFrame<'a> {
             other => {
                 return Err(DecodeError::new(
                     call_id,
-                    format!("unknown envelope type '{other}'"),
+                    format!("unknown envelope type '{}'", quoted::name(other)),
                 ));
             }
         })

@@ -60,6 +60,7 @@ mod deadlines;
 pub mod middleware;
 mod multiplex;
 pub mod protocol;
+pub mod quoted;
 pub mod server;
 mod shared_bytes;
 pub mod state;

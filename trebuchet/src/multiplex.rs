@@ -24,8 +24,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -54,6 +55,35 @@ pub(crate) trait Connector: Send + Sync + 'static {
     fn peer(&self) -> &str;
     /// Opens one connection.
     fn connect(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
+    /// The idle timeout the server announced on `io`, if it did.
+    fn server_idle_timeout(_io: &Self::Io) -> Option<Duration> {
+        None
+    }
+    /// The largest frame the server announced it accepts on `io`, if it did.
+    fn server_max_frame_size(_io: &Self::Io) -> Option<usize> {
+        None
+    }
+}
+
+/// The largest frame to send on `io`: the client's own limit, or the server's if smaller.
+fn frame_limit<C: Connector>(config: &ClientConfig, io: &C::Io) -> usize {
+    C::server_max_frame_size(io).map_or(config.max_frame_size, |server| {
+        server.min(config.max_frame_size)
+    })
+}
+
+/// How often to send a keepalive on a connection: the configured interval, or a third of the
+/// idle timeout the server announced if that is shorter (so the gap between two frames the
+/// client sends, at most two intervals, stays under the timeout).
+fn keepalive_interval(
+    config: &ClientConfig,
+    server_idle_timeout: Option<Duration>,
+) -> Option<Duration> {
+    let configured = config.keepalive_interval?;
+    Some(match server_idle_timeout {
+        Some(timeout) => configured.min(timeout / 3),
+        None => configured,
+    })
 }
 
 /// The turn to read a link's socket.
@@ -340,6 +370,10 @@ struct Link<Io: FrameIo> {
     streams: Arc<StreamTable>,
     /// Fired when reading or writing finds the connection gone; the supervisor then reconnects.
     broken: CancellationToken,
+    /// Whether a frame was sent since the supervisor last looked (if not, it sends a keepalive).
+    sent: AtomicBool,
+    /// How often the supervisor looks (`None`: no keepalives).
+    keepalive: Option<Duration>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -349,7 +383,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<Io: FrameIo + 'static> Link<Io> {
-    fn new(io: Io, streams: Arc<StreamTable>) -> Arc<Self> {
+    fn new(io: Io, streams: Arc<StreamTable>, keepalive: Option<Duration>) -> Arc<Self> {
         let (writer, reader) = io.split();
         Arc::new(Link {
             outbox: Mutex::default(),
@@ -358,6 +392,8 @@ impl<Io: FrameIo + 'static> Link<Io> {
             pending: Mutex::new(Some(CallIdMap::default())),
             streams,
             broken: CancellationToken::new(),
+            sent: AtomicBool::new(false),
+            keepalive,
         })
     }
 
@@ -472,6 +508,7 @@ impl<Io: FrameIo + 'static> Link<Io> {
 
     /// Queues `frame` and writes the outbox unless another caller is already writing it.
     async fn send(&self, frame: Frame) -> Result<(), FrameError> {
+        self.sent.store(true, Ordering::Relaxed);
         lock(&self.outbox).push_back(frame);
         loop {
             let Ok(mut writer) = self.writer.try_lock() else {
@@ -944,6 +981,8 @@ pub(crate) struct Multiplexed<C: Connector> {
     /// The deadlines of the calls in flight, watched by one task (see [`Deadlines`]).
     deadlines: Arc<Deadlines>,
     closed: CancellationToken,
+    /// The largest frame sent on the current connection (see [`frame_limit`]).
+    frame_limit: Arc<AtomicUsize>,
 }
 
 impl<C: Connector> Drop for Multiplexed<C> {
@@ -961,7 +1000,9 @@ impl<C: Connector> Multiplexed<C> {
         // The first link is up before `connect` returns: calls made right away must not wait for
         // the supervisor task (waking waiters would lose the order the calls were made in).
         let streams = Arc::new(StreamTable::new(config.stream_window.max(1)));
-        let link = Link::new(io, streams.clone());
+        let keepalive = keepalive_interval(&config, C::server_idle_timeout(&io));
+        let frame_limit = Arc::new(AtomicUsize::new(frame_limit::<C>(&config, &io)));
+        let link = Link::new(io, streams.clone(), keepalive);
         let (state, watched) = watch::channel(LinkState::Up(link.clone()));
         let closed = CancellationToken::new();
         let peer = connector.peer().to_owned();
@@ -973,6 +1014,7 @@ impl<C: Connector> Multiplexed<C> {
             config.clone(),
             closed.clone(),
             next_call_id.clone(),
+            frame_limit.clone(),
         ));
         let deadlines = Arc::new(Deadlines::default());
         let watcher = deadlines.clone();
@@ -987,6 +1029,7 @@ impl<C: Connector> Multiplexed<C> {
             streams,
             deadlines,
             closed,
+            frame_limit,
         })
     }
 
@@ -1061,13 +1104,13 @@ impl<C: Connector> Multiplexed<C> {
         };
         let frame = codec::encode_invocation(&invocation, self.config.encoding)
             .map_err(|error| RemoteError::bad_request(error.to_string()))?;
-        if frame.data.len() > self.config.max_frame_size {
+        let limit = self.frame_limit.load(Ordering::Relaxed);
+        if frame.data.len() > limit {
             return Err(RemoteError::new(
                 ErrorCode::PayloadTooLarge,
                 format!(
-                    "the call of {} bytes exceeds the frame limit of {} bytes",
+                    "the call of {} bytes exceeds the frame limit of {limit} bytes",
                     frame.data.len(),
-                    self.config.max_frame_size
                 ),
             ));
         }
@@ -1287,6 +1330,7 @@ async fn supervise<C: Connector>(
     config: ClientConfig,
     closed: CancellationToken,
     call_ids: Arc<AtomicU64>,
+    frame_limit_now: Arc<AtomicUsize>,
 ) {
     let streams = first.streams.clone();
     let mut first = Some(first);
@@ -1295,7 +1339,9 @@ async fn supervise<C: Connector>(
             Some(link) => link,
             None => match reconnect(&connector, &config, &closed).await {
                 Some(io) => {
-                    let link = Link::new(io, streams.clone());
+                    let keepalive = keepalive_interval(&config, C::server_idle_timeout(&io));
+                    frame_limit_now.store(frame_limit::<C>(&config, &io), Ordering::Relaxed);
+                    let link = Link::new(io, streams.clone(), keepalive);
                     // Open streams continue where they were; nobody reads this link before it
                     // is published, so the answers wait in the socket until then.
                     for resume in streams.resumes(&call_ids, &config) {
@@ -1319,10 +1365,7 @@ async fn supervise<C: Connector>(
                 }
             },
         };
-        let lost = tokio::select! {
-            _ = closed.cancelled() => false,
-            _ = link.broken.cancelled() => true,
-        };
+        let lost = keep_alive(&link, &closed).await;
         // Every caller still waiting on this link learns it is gone (their reply is dropped);
         // streams wait for the next link.
         lock(&link.pending).take();
@@ -1334,6 +1377,30 @@ async fn supervise<C: Connector>(
         }
         tracing::info!(peer = connector.peer(), "connection lost; reconnecting");
         state.send_replace(LinkState::Reconnecting);
+    }
+}
+
+/// Sends a keepalive on `link` whenever nothing was sent on it for a keepalive interval, until
+/// the link breaks (`true`) or the client is closed (`false`).
+async fn keep_alive<Io: FrameIo + 'static>(link: &Link<Io>, closed: &CancellationToken) -> bool {
+    loop {
+        let tick = async {
+            match link.keepalive {
+                Some(interval) => tokio::time::sleep(interval).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = closed.cancelled() => return false,
+            _ = link.broken.cancelled() => return true,
+            _ = tick => {
+                if !link.sent.swap(false, Ordering::Relaxed) {
+                    let _ = link.send(Frame::keepalive()).await;
+                    // The keepalive does not count: the next tick looks at what callers sent.
+                    link.sent.store(false, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }
 
@@ -1399,6 +1466,25 @@ mod tests {
             }
         }
         seen
+    }
+
+    #[test]
+    fn keepalives_come_at_a_third_of_a_shorter_announced_idle_timeout() {
+        let config = ClientConfig::default();
+        let configured = config.keepalive_interval.unwrap();
+        assert_eq!(keepalive_interval(&config, None), Some(configured));
+        let long = configured * 10;
+        assert_eq!(keepalive_interval(&config, Some(long)), Some(configured));
+        let short = Duration::from_millis(300);
+        assert_eq!(
+            keepalive_interval(&config, Some(short)),
+            Some(Duration::from_millis(100))
+        );
+        let off = ClientConfig {
+            keepalive_interval: None,
+            ..ClientConfig::default()
+        };
+        assert_eq!(keepalive_interval(&off, Some(short)), None);
     }
 
     #[test]

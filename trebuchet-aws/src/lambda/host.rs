@@ -286,7 +286,10 @@ where
                     _ => {
                         return http_error(&RemoteError::new(
                             ErrorCode::UnknownActor,
-                            format!("'{path}' is not /{{actorId}}/{{method}}"),
+                            format!(
+                                "'{}' is not /{{actorId}}/{{method}}",
+                                trebuchet::quoted::name(&path)
+                            ),
                         ));
                     }
                 }

@@ -233,12 +233,18 @@ fn validate_name(field: &'static str, name: &str) -> Result<(), ConfigError> {
     let reason = if name.is_empty() {
         "is empty".to_owned()
     } else if name.len() > 64 {
-        format!("'{name}' is longer than 64 characters")
+        format!(
+            "'{}' is longer than 64 characters",
+            trebuchet::quoted::name(name)
+        )
     } else if !name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        format!("'{name}' may only hold letters, digits, '-' and '_'")
+        format!(
+            "'{}' may only hold letters, digits, '-' and '_'",
+            trebuchet::quoted::name(name)
+        )
     } else {
         return Ok(());
     };
@@ -397,7 +403,10 @@ impl LambdaTransport {
                 validate_name("function", &name).map_err(|error| {
                     RemoteError::new(
                         ErrorCode::UnknownActor,
-                        format!("actor '{actor_id}' has no Lambda function: {error}"),
+                        format!(
+                            "actor '{}' has no Lambda function: {error}",
+                            trebuchet::quoted::name(actor_id)
+                        ),
                     )
                 })?;
                 Ok(name)

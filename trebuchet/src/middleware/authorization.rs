@@ -4,6 +4,7 @@ use futures_util::future::BoxFuture;
 
 use super::{Check, CheckLayer, Principal};
 use crate::protocol::{ErrorCode, RemoteError};
+use crate::quoted;
 use crate::server::Call;
 
 /// Role-based access rules: a principal may call `actor.method` if one of its roles has an
@@ -91,7 +92,8 @@ impl Check for Rbac {
                 ErrorCode::Forbidden,
                 format!(
                     "{who} may not call {}.{}",
-                    invocation.actor_id, invocation.method
+                    quoted::name(&invocation.actor_id),
+                    quoted::name(&invocation.method)
                 ),
             ))
         };

@@ -20,24 +20,31 @@ use tower_service::Service;
 use crate::actor::RunToCompletion;
 use crate::call_slots::CallSlot;
 use crate::protocol::{ErrorCode, Invocation, Payload, RemoteError};
+use crate::quoted;
 use crate::stream::Reply;
 use crate::system::ActorSystem;
 use crate::tls::TlsServerConfig;
 
+mod accept;
 pub(crate) mod connection;
 pub(crate) mod streams;
 
+pub(crate) use accept::refusal_message;
+use accept::{AcceptBackoff, Admission, Admitted};
 pub use streams::ReplayConfig;
 use streams::StreamRegistry;
 
 /// Accepts connections on `listener` until shutdown, handing each socket to `serve_socket` (the
 /// transport's handshake and framing) on a task of its own. Shared by every network transport.
-pub(crate) fn listen<S, F, Fut>(
+/// A connection past `config.max_connections` goes to `refuse_socket` instead (the transport's
+/// way of saying so), which has [`accept::REFUSAL_TIMEOUT`] to do it.
+pub(crate) fn listen<S, F, Fut, R, RFut>(
     listener: tokio::net::TcpListener,
     url: String,
     service: S,
     config: ServerConfig,
     serve_socket: F,
+    refuse_socket: R,
 ) -> std::io::Result<ServerHandle>
 where
     S: Clone + Send + 'static,
@@ -52,6 +59,8 @@ where
         + Send
         + 'static,
     Fut: Future<Output = ()> + Send + 'static,
+    R: Fn(tokio::net::TcpStream, SocketAddr, ServerConfig) -> RFut + Send + 'static,
+    RFut: Future<Output = ()> + Send + 'static,
 {
     let local_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
@@ -61,6 +70,8 @@ where
         let (shutdown, connections, config) =
             (shutdown.clone(), connections.clone(), config.clone());
         tokio::spawn(async move {
+            let admission = Admission::new(config.max_connections);
+            let mut backoff = AcceptBackoff::default();
             loop {
                 let accepted = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -68,19 +79,44 @@ where
                 };
                 match accepted {
                     Ok((stream, peer_addr)) => {
-                        connections.spawn(serve_socket(
-                            stream,
-                            peer_addr,
-                            service.clone(),
-                            config.clone(),
-                            registry.clone(),
-                            shutdown.child_token(),
-                        ));
+                        backoff.succeeded();
+                        match admission.admit() {
+                            Admitted::Serve(slot) => {
+                                let serve = serve_socket(
+                                    stream,
+                                    peer_addr,
+                                    service.clone(),
+                                    config.clone(),
+                                    registry.clone(),
+                                    shutdown.child_token(),
+                                );
+                                connections.spawn(async move {
+                                    serve.await;
+                                    drop(slot);
+                                });
+                            }
+                            Admitted::Refuse(slot) => {
+                                tracing::debug!(%peer_addr, "connection refused: at the connection limit");
+                                let refuse = refuse_socket(stream, peer_addr, config.clone());
+                                tokio::spawn(async move {
+                                    let _ =
+                                        tokio::time::timeout(accept::REFUSAL_TIMEOUT, refuse).await;
+                                    drop(slot);
+                                });
+                            }
+                            Admitted::Drop => drop(stream),
+                        }
                     }
                     Err(error) => {
-                        // Out of file descriptors and the like: wait a little rather than spin.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Out of file descriptors and the like: wait rather than spin.
+                        let after = backoff.failed(tokio::time::Instant::now());
+                        if let Some(unlogged) = after.log {
+                            tracing::warn!(%error, unlogged, retry_in = ?after.delay, "accept failed");
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(after.delay) => {}
+                        }
                     }
                 }
             }
@@ -237,7 +273,10 @@ impl Service<Call> for ActorService {
             None => {
                 let error = RemoteError::new(
                     ErrorCode::UnknownActor,
-                    format!("no actor is exposed as '{}'", invocation.actor_id),
+                    format!(
+                        "no actor is exposed as '{}'",
+                        quoted::name(&invocation.actor_id)
+                    ),
                 );
                 RunToCompletion::failed(error)
             }
@@ -275,6 +314,16 @@ pub struct ServerConfig {
     /// TLS for the WebSocket (`wss://`) and TCP (`tls://`) servers: their certificate and key.
     /// `None` (the default) serves without TLS.
     pub tls: Option<TlsServerConfig>,
+    /// A connection from which nothing has been received for this long is closed (default 60 s;
+    /// `None` keeps silent connections open). WebSocket clients are sent a ping after half of it,
+    /// which any WebSocket client answers; the Rust client also sends keepalives of its own (a
+    /// WebSocket ping, an empty TCP frame), at a third of the timeout the server announces.
+    pub idle_timeout: Option<Duration>,
+    /// The most client connections open at once, handshakes included (default 10,000; keep it
+    /// below the process's open-file limit). Past it a new connection is refused at once: a
+    /// WebSocket upgrade gets HTTP 503, a TCP client an `unavailable` answer instead of the
+    /// handshake.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -287,6 +336,8 @@ impl Default for ServerConfig {
             stream_replay: ReplayConfig::default(),
             max_queued_calls_per_actor: 1024,
             tls: None,
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_connections: 10_000,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::actor::{ActorProtocol, LocalActor};
 use crate::protocol::{ErrorCode, RemoteError};
+use crate::quoted;
 use crate::system::ActorSystem;
 
 /// Resolves an actor id in a system once, then sends straight to its mailbox.
@@ -40,7 +41,7 @@ impl<P: ActorProtocol> LocalRoute<P> {
         let served = self.system.lookup(id).ok_or_else(|| {
             RemoteError::new(
                 ErrorCode::UnknownActor,
-                format!("no actor is exposed as '{id}'"),
+                format!("no actor is exposed as '{}'", quoted::name(id)),
             )
         })?;
         let actor = served
@@ -49,7 +50,11 @@ impl<P: ActorProtocol> LocalRoute<P> {
             .ok_or_else(|| {
                 RemoteError::new(
                     ErrorCode::UnknownActor,
-                    format!("the actor exposed as '{id}' is not a {}", P::TRAIT_NAME),
+                    format!(
+                        "the actor exposed as '{}' is not a {}",
+                        quoted::name(id),
+                        P::TRAIT_NAME
+                    ),
                 )
             })?;
         Ok(self.resolved.get_or_init(|| actor.clone()))

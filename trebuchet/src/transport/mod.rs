@@ -22,6 +22,7 @@ use futures_util::{Sink, Stream};
 
 pub use crate::codec::Frame;
 
+pub(crate) mod idle;
 pub mod local;
 pub mod tcp;
 pub(crate) mod tls;

@@ -1,7 +1,8 @@
 //! The TCP transport: length-prefixed binary frames.
 //!
 //! Every frame is a 4-byte big-endian length, then that many bytes. The first frame in each
-//! direction is a [`Handshake`] (protocol version and encoding); every frame after it is one
+//! direction is a [`Handshake`] (protocol version and encoding, then in its extended form the
+//! sender's [`Limits`]); an empty frame is a keepalive; every other frame after it is one
 //! bincode envelope, exactly as in WebSocket binary messages. The length is checked against the
 //! limit before any buffer is reserved for the frame.
 
@@ -9,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -21,15 +22,18 @@ use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 use crate::client::{ClientConfig, ConnectError, Connection};
-use crate::codec::Frame;
+use crate::codec::{self, Frame, encode_or_internal};
 use crate::multiplex::{Connector, Pool};
-use crate::protocol::{Encoding, PROTOCOL_VERSION, RemoteError, decode_bincode};
+use crate::protocol::{
+    Encoding, Envelope, PROTOCOL_VERSION, RemoteError, Response, decode_bincode,
+};
 use crate::server::connection::{Ending, serve_connection};
 use crate::server::streams::StreamRegistry;
-use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
+use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle, refusal_message};
 use crate::stream::Reply;
 use crate::tls::TlsClientConfig;
 use crate::transport::FrameError;
+use crate::transport::idle::{Idle, IdleWatch, idle_expired};
 use crate::transport::tls::{self, MaybeTls};
 
 /// The first frame of a TCP connection, in each direction: `b"TRBT"`, the protocol version and
@@ -65,11 +69,32 @@ impl Handshake {
         }
     }
 
-    /// Reads and checks a peer's handshake.
-    fn check(frame: &Frame) -> Result<(), String> {
-        let handshake: Handshake = match decode_bincode(&frame.data) {
-            Ok((handshake, read)) if read == frame.data.len() => handshake,
-            _ => return Err("the first frame is not a Trebuchet handshake".into()),
+    /// The handshake frame followed, in the extended form, by `limits`.
+    fn to_frame_with(&self, limits: Option<Limits>) -> Frame {
+        let mut frame = self.to_frame();
+        if let Some(limits) = limits {
+            let mut data = frame.data.to_vec();
+            bincode::serde::encode_into_std_write(
+                limits,
+                &mut data,
+                crate::protocol::bincode_config(),
+            )
+            .expect("limits always encode");
+            frame.data = data.into();
+        }
+        frame
+    }
+
+    /// Reads and checks a peer's handshake, and the limits that follow it in the extended form.
+    fn check(frame: &Frame) -> Result<Option<Limits>, String> {
+        let not_a_handshake = || "the first frame is not a Trebuchet handshake".to_owned();
+        let (handshake, limits): (Handshake, _) = match decode_bincode(&frame.data) {
+            Ok((handshake, read)) if read == frame.data.len() => (handshake, None),
+            Ok((handshake, read)) => match decode_bincode::<Limits>(&frame.data[read..]) {
+                Ok((limits, rest)) if read + rest == frame.data.len() => (handshake, Some(limits)),
+                _ => return Err(not_a_handshake()),
+            },
+            _ => return Err(not_a_handshake()),
         };
         if handshake.magic != Self::MAGIC {
             return Err("the first frame is not a Trebuchet handshake".into());
@@ -83,7 +108,37 @@ impl Handshake {
         if handshake.encoding != Encoding::Bincode {
             return Err("TCP frames are bincode only".into());
         }
-        Ok(())
+        Ok(limits)
+    }
+}
+
+/// What the extended handshake adds after the 6 bytes: the largest frame its sender accepts, and
+/// the idle timeout it applies to the connection in milliseconds (0: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The largest frame the sender accepts, in bytes.
+    pub max_frame_size: u64,
+    /// After how many milliseconds without a frame the sender closes the connection (0: never).
+    pub idle_timeout_ms: u64,
+}
+
+impl Limits {
+    fn new(max_frame_size: usize, idle_timeout: Option<std::time::Duration>) -> Self {
+        Limits {
+            max_frame_size: max_frame_size as u64,
+            idle_timeout_ms: idle_timeout.map_or(0, |timeout| timeout.as_millis().max(1) as u64),
+        }
+    }
+}
+
+/// The error a server answered instead of its handshake (it refuses the connection).
+fn refusal(frame: &Frame) -> Option<RemoteError> {
+    match codec::decode(frame) {
+        Ok(Envelope::Response(Response {
+            call_id: None,
+            outcome: Err(error),
+        })) => Some(error),
+        _ => None,
     }
 }
 
@@ -137,23 +192,55 @@ impl Encoder<Frame> for LengthPrefixed {
 
 /// A TCP connection (after the handshake), with or without TLS, as a duplex stream of
 /// [`Frame`]s.
+///
+/// An empty frame is a keepalive ([`Frame::keepalive`]): it is skipped on reading.
 pub struct TcpFrames {
     framed: Framed<MaybeTls, LengthPrefixed>,
+    idle: Option<IdleWatch>,
+    /// The limits the peer announced in its handshake.
+    peer_limits: Option<Limits>,
 }
 
 impl TcpFrames {
     fn new(stream: MaybeTls, max_frame_size: usize) -> Self {
         TcpFrames {
             framed: Framed::new(stream, LengthPrefixed { max_frame_size }),
+            idle: None,
+            peer_limits: None,
         }
     }
 
-    /// Sends our handshake and checks the peer's.
-    async fn handshake(&mut self) -> Result<(), FrameError> {
-        self.send(Handshake::current().to_frame()).await?;
-        match self.next().await {
-            Some(Ok(frame)) => Handshake::check(&frame).map_err(FrameError::Protocol),
-            Some(Err(error)) => Err(error),
+    /// The client's handshake: sends ours (extended with `limits` if given), then checks the
+    /// server's and returns the limits it announced (`None`: the server sent the 6-byte form).
+    async fn client_handshake(
+        &mut self,
+        limits: Option<Limits>,
+    ) -> Result<Option<Limits>, FrameError> {
+        self.send(Handshake::current().to_frame_with(limits))
+            .await?;
+        let frame = self.handshake_frame().await?;
+        Handshake::check(&frame).map_err(|error| match refusal(&frame) {
+            Some(refused) => {
+                FrameError::Protocol(format!("the server refused the connection: {refused}"))
+            }
+            None => FrameError::Protocol(error),
+        })
+    }
+
+    /// The server's handshake: checks the client's, then answers in the same form (extended
+    /// with `limits` only to a client that sent the extended form: an older client accepts only
+    /// the 6 bytes). Returns the limits the client announced.
+    async fn server_handshake(&mut self, limits: Limits) -> Result<Option<Limits>, FrameError> {
+        let frame = self.handshake_frame().await?;
+        let peer = Handshake::check(&frame).map_err(FrameError::Protocol)?;
+        let ours = peer.map(|_| limits);
+        self.send(Handshake::current().to_frame_with(ours)).await?;
+        Ok(peer)
+    }
+
+    async fn handshake_frame(&mut self) -> Result<Frame, FrameError> {
+        match self.framed.next().await {
+            Some(frame) => frame,
             // What a TLS server does to a client without TLS.
             None => Err(FrameError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -168,7 +255,26 @@ impl Stream for TcpFrames {
     type Item = Result<Frame, FrameError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Poll::Ready(ready!(self.framed.poll_next_unpin(cx)))
+        loop {
+            let frame = match self.framed.poll_next_unpin(cx) {
+                Poll::Ready(frame) => frame,
+                // TCP has no ping: a peer that says nothing for the whole timeout is closed.
+                Poll::Pending => match self.idle.as_mut().map(|idle| idle.poll(cx)) {
+                    Some(Poll::Ready(Idle::Ping)) => continue,
+                    Some(Poll::Ready(Idle::Expired)) => {
+                        return Poll::Ready(Some(Err(FrameError::Io(idle_expired()))));
+                    }
+                    _ => return Poll::Pending,
+                },
+            };
+            if let Some(idle) = self.idle.as_mut() {
+                idle.heard();
+            }
+            match frame {
+                Some(Ok(frame)) if frame.is_keepalive() => continue,
+                other => return Poll::Ready(other),
+            }
+        }
     }
 }
 
@@ -208,7 +314,33 @@ where
         Some(_) => format!("{TLS_SCHEME}{}", listener.local_addr()?),
         None => listener.local_addr()?.to_string(),
     };
-    crate::server::listen(listener, url, service, config, serve_socket)
+    crate::server::listen(listener, url, service, config, serve_socket, refuse_socket)
+}
+
+/// Refuses a connection past the server's limit: a `response` with `unavailable` (and no
+/// `callId`) instead of the handshake, which the Rust client reports as the reason it could not
+/// connect.
+async fn refuse_socket(stream: TcpStream, peer_addr: SocketAddr, config: ServerConfig) {
+    // (The listener bounds how long a refusal may take, the TLS handshake included.)
+    let deadline = Instant::now() + config.handshake_timeout;
+    let Some(stream) = tls::accept(stream, config.tls.as_ref(), deadline, &[]).await else {
+        return;
+    };
+    let mut frames = TcpFrames::new(stream, config.max_frame_size);
+    // The client's handshake is read first, so that closing the socket does not reset the
+    // connection under the refusal.
+    let _ = frames.next().await;
+    let refusal = Envelope::Response(Response {
+        call_id: None,
+        outcome: Err(RemoteError::unavailable(refusal_message(
+            config.max_connections,
+        ))),
+    });
+    let _ = frames
+        .send(encode_or_internal(&refusal, Encoding::Bincode))
+        .await;
+    let _ = frames.close().await;
+    tracing::debug!(%peer_addr, "TCP connection refused: at the connection limit");
 }
 
 async fn serve_socket<S>(
@@ -229,8 +361,17 @@ async fn serve_socket<S>(
         return;
     };
     let mut frames = TcpFrames::new(stream, config.max_frame_size);
-    match tokio::time::timeout_at(deadline, frames.handshake()).await {
-        Ok(Ok(())) => {}
+    let limits = Limits::new(config.max_frame_size, config.idle_timeout);
+    let handshake = frames.server_handshake(limits);
+    let mut config = config;
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(peer)) => {
+            // Nothing larger than the client accepts is sent to it.
+            if let Some(peer) = peer {
+                let peer_max = usize::try_from(peer.max_frame_size).unwrap_or(usize::MAX);
+                config.max_frame_size = config.max_frame_size.min(peer_max);
+            }
+        }
         Ok(Err(error)) => {
             tracing::debug!(%peer_addr, %error, "TCP handshake failed");
             return;
@@ -240,6 +381,7 @@ async fn serve_socket<S>(
             return;
         }
     }
+    frames.idle = config.idle_timeout.map(IdleWatch::new);
     let connection = Arc::new(ConnectionInfo {
         transport: "tcp",
         peer_addr: Some(peer_addr),
@@ -283,7 +425,31 @@ impl Connector for TcpConnector {
         &self.address
     }
 
+    fn server_max_frame_size(io: &TcpFrames) -> Option<usize> {
+        let limits = io.peer_limits?;
+        Some(usize::try_from(limits.max_frame_size).unwrap_or(usize::MAX))
+    }
+
+    fn server_idle_timeout(io: &TcpFrames) -> Option<std::time::Duration> {
+        io.peer_limits
+            .filter(|limits| limits.idle_timeout_ms > 0)
+            .map(|limits| std::time::Duration::from_millis(limits.idle_timeout_ms))
+    }
+
     async fn connect(&self) -> io::Result<TcpFrames> {
+        let limits = Limits::new(self.max_frame_size, None);
+        let (frames, server) = self.open(Some(limits)).await?;
+        if server.is_some() {
+            return Ok(frames);
+        }
+        // A server that answers the 6-byte form refuses the extended one: speak its form.
+        drop(frames);
+        Ok(self.open(None).await?.0)
+    }
+}
+
+impl TcpConnector {
+    async fn open(&self, limits: Option<Limits>) -> io::Result<(TcpFrames, Option<Limits>)> {
         let stream = TcpStream::connect(self.authority.as_str()).await?;
         let _ = stream.set_nodelay(true);
         let stream = match &self.tls {
@@ -297,11 +463,15 @@ impl Connector for TcpConnector {
             None => MaybeTls::Plain(stream),
         };
         let mut frames = TcpFrames::new(stream, self.max_frame_size);
-        frames.handshake().await.map_err(|error| match error {
-            FrameError::Io(error) => error,
-            other => io::Error::other(other.to_string()),
-        })?;
-        Ok(frames)
+        let server = frames
+            .client_handshake(limits)
+            .await
+            .map_err(|error| match error {
+                FrameError::Io(error) => error,
+                other => io::Error::other(other.to_string()),
+            })?;
+        frames.peer_limits = server;
+        Ok((frames, server))
     }
 }
 
@@ -372,6 +542,27 @@ mod tests {
     fn the_handshake_is_the_six_bytes_in_the_protocol_document() {
         let frame = Handshake::current().to_frame();
         assert_eq!(&frame.data[..], &[0x54, 0x52, 0x42, 0x54, 0x01, 0x01]);
+    }
+
+    #[test]
+    fn the_extended_handshake_appends_the_limits_and_both_forms_are_read() {
+        let limits = Limits {
+            max_frame_size: 65536,
+            idle_timeout_ms: 0,
+        };
+        let frame = Handshake::current().to_frame_with(Some(limits));
+        // 65536 is a varint of 5 bytes (252: a u32 follows), 0 one byte.
+        assert_eq!(
+            &frame.data[..],
+            &[
+                0x54, 0x52, 0x42, 0x54, 0x01, 0x01, 0xfc, 0x00, 0x00, 0x01, 0x00, 0x00
+            ]
+        );
+        assert_eq!(Handshake::check(&frame), Ok(Some(limits)));
+        assert_eq!(Handshake::check(&Handshake::current().to_frame()), Ok(None));
+        let mut truncated = frame.clone();
+        truncated.data = frame.data.slice(..8);
+        assert!(Handshake::check(&truncated).is_err());
     }
 
     #[test]

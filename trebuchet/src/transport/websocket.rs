@@ -10,14 +10,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes, error::CapacityError};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
@@ -28,22 +31,60 @@ use crate::multiplex::{Connector, Pool};
 use crate::protocol::{Encoding, RemoteError};
 use crate::server::connection::{Ending, serve_connection};
 use crate::server::streams::StreamRegistry;
-use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle};
+use crate::server::{Call, ConnectionInfo, ServerConfig, ServerHandle, refusal_message};
 use crate::stream::Reply;
 use crate::tls::TlsClientConfig;
 use crate::transport::FrameError;
+use crate::transport::idle::{Idle, IdleWatch, idle_expired};
 use crate::transport::tls::{self, MaybeTls};
 
 /// A WebSocket connection seen as a duplex stream of [`Frame`]s.
+///
+/// A [`Frame::keepalive`] is sent as a ping. When reading fails because of what the peer sent,
+/// the close frame sent on closing carries the status that says why (1009 message too big, 1007
+/// invalid UTF-8, 1002 protocol violation).
 pub struct WebSocketFrames<S> {
     socket: WebSocketStream<S>,
+    idle: Option<IdleWatch>,
+    close_frame: Option<CloseFrame>,
+    /// The idle timeout the server announced in its upgrade response.
+    server_idle_timeout: Option<std::time::Duration>,
+    /// The largest message the server announced it accepts in its upgrade response.
+    server_max_frame_size: Option<usize>,
 }
 
 impl<S> WebSocketFrames<S> {
     /// Wraps an established WebSocket connection.
     pub fn new(socket: WebSocketStream<S>) -> Self {
-        WebSocketFrames { socket }
+        WebSocketFrames {
+            socket,
+            idle: None,
+            close_frame: None,
+            server_idle_timeout: None,
+            server_max_frame_size: None,
+        }
     }
+
+    /// Pings the peer after half of `timeout` without anything received from it, and ends the
+    /// stream of frames with an error (closing with status 1001) after all of it.
+    fn with_idle_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.idle = timeout.map(IdleWatch::new);
+        self
+    }
+}
+
+/// The close frame that tells the peer why its connection is closed after `error`.
+fn close_frame_for(error: &tungstenite::Error) -> Option<CloseFrame> {
+    let (code, reason) = match error {
+        tungstenite::Error::Capacity(_) => (CloseCode::Size, "message too big"),
+        tungstenite::Error::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8 in a text message"),
+        tungstenite::Error::Protocol(_) => (CloseCode::Protocol, "WebSocket protocol violation"),
+        _ => return None,
+    };
+    Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    })
 }
 
 fn frame_error(error: tungstenite::Error) -> Option<FrameError> {
@@ -69,16 +110,53 @@ fn sink_error(error: tungstenite::Error) -> FrameError {
     })
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketFrames<S> {
+    /// Queues a ping (skipped if the socket cannot take it now: then the peer is not reading
+    /// either, and the idle timeout ends the connection).
+    fn ping(&mut self, cx: &mut Context<'_>) {
+        let mut socket = Pin::new(&mut self.socket);
+        if let Poll::Ready(Ok(())) = socket.as_mut().poll_ready(cx)
+            && socket
+                .as_mut()
+                .start_send(Message::Ping(Bytes::new()))
+                .is_ok()
+        {
+            let _ = socket.poll_flush(cx);
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocketFrames<S> {
     type Item = Result<Frame, FrameError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
-            let message = match ready!(Pin::new(&mut self.socket).poll_next(cx)) {
-                None => return Poll::Ready(None),
-                Some(Err(error)) => return Poll::Ready(frame_error(error).map(Err)),
-                Some(Ok(message)) => message,
+            let polled = Pin::new(&mut self.socket).poll_next(cx);
+            let message = match polled {
+                Poll::Pending => match self.idle.as_mut().map(|idle| idle.poll(cx)) {
+                    Some(Poll::Ready(Idle::Ping)) => {
+                        self.ping(cx);
+                        continue;
+                    }
+                    Some(Poll::Ready(Idle::Expired)) => {
+                        self.close_frame = Some(CloseFrame {
+                            code: CloseCode::Away,
+                            reason: Utf8Bytes::from_static("idle timeout"),
+                        });
+                        return Poll::Ready(Some(Err(FrameError::Io(idle_expired()))));
+                    }
+                    _ => return Poll::Pending,
+                },
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(error))) => {
+                    self.close_frame = close_frame_for(&error);
+                    return Poll::Ready(frame_error(error).map(Err));
+                }
+                Poll::Ready(Some(Ok(message))) => message,
             };
+            if let Some(idle) = self.idle.as_mut() {
+                idle.heard();
+            }
             let frame = match message {
                 Message::Text(text) => Frame {
                     encoding: Encoding::Json,
@@ -108,6 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Frame> for WebSocketFrames<S> {
 
     fn start_send(mut self: Pin<&mut Self>, frame: Frame) -> Result<(), FrameError> {
         let message = match frame.encoding {
+            _ if frame.is_keepalive() => Message::Ping(Bytes::new()),
             Encoding::Json => Message::Text(
                 Utf8Bytes::try_from(frame.data)
                     .map_err(|error| FrameError::Protocol(error.to_string()))?,
@@ -126,11 +205,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Frame> for WebSocketFrames<S> {
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), FrameError>> {
+        if self.close_frame.is_some() {
+            ready!(Pin::new(&mut self.socket).poll_ready(cx)).map_err(sink_error)?;
+            let frame = self.close_frame.take();
+            Pin::new(&mut self.socket)
+                .start_send(Message::Close(frame))
+                .map_err(sink_error)?;
+        }
         Pin::new(&mut self.socket)
             .poll_close(cx)
             .map_err(sink_error)
     }
 }
+
+/// The header of the upgrade request and response that names the largest frame (message) its
+/// sender accepts, in bytes. Optional: a peer that does not send it gets frames up to the
+/// receiver's own limit.
+const MAX_FRAME_HEADER: &str = "x-trebuchet-max-frame";
+
+/// The header of the upgrade response that names the server's idle timeout in milliseconds.
+const IDLE_TIMEOUT_HEADER: &str = "x-trebuchet-idle-timeout-ms";
 
 /// tungstenite zeroes its whole read buffer before every read, so a large one (the default is
 /// 128 KiB) costs microseconds per call even for small frames; large frames just take a few
@@ -172,7 +266,26 @@ where
 {
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let url = format!("{scheme}://{}/", listener.local_addr()?);
-    crate::server::listen(listener, url, service, config, serve_socket)
+    crate::server::listen(listener, url, service, config, serve_socket, refuse_socket)
+}
+
+/// Refuses a connection past the server's limit: its upgrade request is answered with HTTP 503
+/// and the reason in the body.
+async fn refuse_socket(stream: TcpStream, peer_addr: SocketAddr, config: ServerConfig) {
+    // (The listener bounds how long a refusal may take, the TLS handshake included.)
+    let deadline = Instant::now() + config.handshake_timeout;
+    let Some(stream) = tls::accept(stream, config.tls.as_ref(), deadline, PLAIN_REFUSAL).await
+    else {
+        return;
+    };
+    #[allow(clippy::result_large_err)] // the error type is tungstenite's
+    let refuse = |_: &Request, _: Response| {
+        let mut refusal = ErrorResponse::new(Some(refusal_message(config.max_connections)));
+        *refusal.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        Err(refusal)
+    };
+    let _ = tokio_tungstenite::accept_hdr_async(stream, refuse).await;
+    tracing::debug!(%peer_addr, "WebSocket connection refused: at the connection limit");
 }
 
 async fn serve_socket<S>(
@@ -193,8 +306,20 @@ async fn serve_socket<S>(
         return;
     };
     let mut upgrade = None;
+    let mut peer_max_frame_size = None;
+    let idle_timeout = config.idle_timeout;
+    let own_max_frame_size = config.max_frame_size;
     #[allow(clippy::result_large_err)] // the error type is tungstenite's
-    let callback = |request: &Request, response: Response| {
+    let callback = |request: &Request, mut response: Response| {
+        peer_max_frame_size = request
+            .headers()
+            .get(MAX_FRAME_HEADER)
+            .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+        let headers = response.headers_mut();
+        headers.insert(MAX_FRAME_HEADER, own_max_frame_size.into());
+        if let Some(timeout) = idle_timeout {
+            headers.insert(IDLE_TIMEOUT_HEADER, (timeout.as_millis() as u64).into());
+        }
         upgrade = Some((request.uri().clone(), request.headers().clone()));
         Ok(response)
     };
@@ -214,6 +339,11 @@ async fn serve_socket<S>(
             return;
         }
     };
+    // Nothing larger than the client accepts is sent to it.
+    let mut config = config;
+    if let Some(peer_max) = peer_max_frame_size {
+        config.max_frame_size = config.max_frame_size.min(peer_max);
+    }
     let (uri, headers) = upgrade.unzip();
     let connection = Arc::new(ConnectionInfo {
         transport: "websocket",
@@ -222,7 +352,7 @@ async fn serve_socket<S>(
         headers: headers.unwrap_or_default(),
     });
     tracing::debug!(%peer_addr, "WebSocket connection open");
-    let mut frames = WebSocketFrames::new(socket);
+    let mut frames = WebSocketFrames::new(socket).with_idle_timeout(config.idle_timeout);
     let ending = serve_connection(
         &mut frames,
         service,
@@ -265,15 +395,31 @@ impl Connector for WebSocketConnector {
         &self.url
     }
 
+    fn server_idle_timeout(io: &Self::Io) -> Option<std::time::Duration> {
+        io.server_idle_timeout
+    }
+
+    fn server_max_frame_size(io: &Self::Io) -> Option<usize> {
+        io.server_max_frame_size
+    }
+
     async fn connect(&self) -> io::Result<Self::Io> {
+        let mut request = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(io::Error::other)?;
+        request
+            .headers_mut()
+            .insert(MAX_FRAME_HEADER, self.max_frame_size.into());
         let stream = TcpStream::connect(self.authority.as_str()).await?;
         let _ = stream.set_nodelay(true);
         let stream = match &self.tls {
             Some(config) => tls::connect(config, stream, &self.host).await?,
             None => MaybeTls::Plain(stream),
         };
-        let (socket, _response) = tokio_tungstenite::client_async_with_config(
-            self.url.as_str(),
+        let (socket, response) = tokio_tungstenite::client_async_with_config(
+            request,
             stream,
             Some(websocket_config(self.max_frame_size)),
         )
@@ -297,7 +443,18 @@ impl Connector for WebSocketConnector {
             }
             other => io::Error::other(other.to_string()),
         })?;
-        Ok(WebSocketFrames::new(socket))
+        let mut frames = WebSocketFrames::new(socket);
+        frames.server_idle_timeout = response
+            .headers()
+            .get(IDLE_TIMEOUT_HEADER)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+            .filter(|millis| *millis > 0)
+            .map(std::time::Duration::from_millis);
+        frames.server_max_frame_size = response
+            .headers()
+            .get(MAX_FRAME_HEADER)
+            .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+        Ok(frames)
     }
 }
 
