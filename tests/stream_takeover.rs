@@ -221,6 +221,58 @@ async fn without_authentication_the_stream_id_alone_takes_a_tcp_stream_over() {
     a_stream_taken_over_tells_the_connection_that_lost_it(Wire::Tcp, None).await;
 }
 
+/// A client that resumes a stream on the connection that already carries it loses nothing, so
+/// it is told nothing: the stream goes on, with no `streamError`.
+async fn a_stream_resumed_on_its_own_connection_goes_on_without_an_error(wire: Wire) {
+    let server = serve(wire, true).await;
+    let (mut alice, mut alice_in) = raw::connect(wire, &server).await;
+    let stream_id = open_stream(&mut alice, &mut alice_in, Some("alice-key")).await;
+    alice
+        .send(&resume(
+            &stream_id,
+            "probe",
+            "endless",
+            endless_args(),
+            Some("alice-key"),
+        ))
+        .await;
+    // The resume asked for everything after 0: the replay starts again at item 1, under the
+    // same id, and no `streamError` comes before it (nor for a while after).
+    loop {
+        match next(&mut alice_in).await {
+            Envelope::StreamData(data) if *data.stream_id == *stream_id => {
+                if data.sequence_number == 1 {
+                    break;
+                }
+            }
+            Envelope::StreamBatch(batch) if *batch.stream_id == *stream_id => {
+                if batch.first_sequence == 1 {
+                    break;
+                }
+            }
+            Envelope::StreamError(failure) => panic!("the stream failed: {}", failure.error),
+            _ => {}
+        }
+    }
+    let quiet = Duration::from_millis(500);
+    while let Ok(envelope) = tokio::time::timeout(quiet, alice_in.next()).await {
+        match envelope.expect("the connection stays open") {
+            Envelope::StreamError(failure) => panic!("the stream failed: {}", failure.error),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_stream_resumed_on_its_own_connection_goes_on_without_an_error() {
+    a_stream_resumed_on_its_own_connection_goes_on_without_an_error(Wire::WebSocket).await;
+}
+
+#[tokio::test]
+async fn a_tcp_stream_resumed_on_its_own_connection_goes_on_without_an_error() {
+    a_stream_resumed_on_its_own_connection_goes_on_without_an_error(Wire::Tcp).await;
+}
+
 async fn resuming_a_method_that_is_not_a_stream_is_a_bad_request(wire: Wire) {
     let server = serve(wire, false).await;
     let (mut sender, mut receiver) = raw::connect(wire, &server).await;

@@ -87,6 +87,7 @@ async fn resume_through<S>(
     connection: &Arc<ConnectionInfo>,
     slots: &Arc<CallSlots>,
     registry: Arc<StreamRegistry>,
+    requester: HandoverSender,
 ) -> Resumption
 where
     S: Service<Call, Response = Reply, Error = RemoteError> + Send,
@@ -117,7 +118,10 @@ where
         let resumed = match checked.await {
             Err(error) => Resumed::Refused(error),
             Ok(reply) => match check.caller() {
-                Some(caller) => match registry.take(&resume.stream_id, caller).await {
+                Some(caller) => match registry
+                    .take(&resume.stream_id, caller, Some(&requester))
+                    .await
+                {
                     Ok(Some(producer)) => Resumed::Taken(producer),
                     Ok(None) => Resumed::Gone,
                     Err(error) => Resumed::Refused(error),
@@ -238,7 +242,9 @@ where
                 // A client resumed one of our streams on another connection: it has left this one.
                 // The client that opened it is told.
                 ConnectionSignal::Handover(request) => {
+                    let to_same_connection = request.to_same_connection;
                     if let Some(lost) = hand_over(request, &mut streams.pumps, &mut streams.open)
+                        && !to_same_connection
                         && send_stream_error(&mut io, &lost.stream_id, resumed_elsewhere(lost.encoding), lost.encoding).await.is_err()
                     {
                         break Ending::Closed;
@@ -415,7 +421,7 @@ where
                         }
                     }
                     Envelope::StreamResume(resume) => {
-                        let resumption = resume_through(&mut service, resume, frame.encoding, &connection, &slots, registry.clone()).await;
+                        let resumption = resume_through(&mut service, resume, frame.encoding, &connection, &slots, registry.clone(), handovers.clone()).await;
                         resumptions.push(resumption);
                     }
                     other => {

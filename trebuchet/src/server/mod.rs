@@ -254,7 +254,8 @@ impl Service<Call> for ActorService {
                 if !actor.is_stream_method(&invocation.method) {
                     return RunToCompletion::failed(RemoteError::bad_request(format!(
                         "'{}' is not a stream method of {}: only streams can be resumed",
-                        invocation.method, invocation.actor_id
+                        quoted::name(&invocation.method),
+                        quoted::name(&invocation.actor_id)
                     )));
                 }
                 let encoding = invocation.args.encoding();

@@ -948,6 +948,9 @@ fn now_millis() -> u64 {
 pub(crate) struct Handover {
     pub(crate) stream_id: Arc<str>,
     pub(crate) reply: oneshot::Sender<Box<Producer>>,
+    /// The resume came on the connection that pumps the stream (its client resumed it where it
+    /// already is): nobody lost the stream, so nobody is told.
+    pub(crate) to_same_connection: bool,
 }
 
 /// What a connection's loop is told from outside: few and far between, so they share one
@@ -1205,11 +1208,13 @@ impl StreamRegistry {
     /// Takes a stream over for `caller`, a connection that resumes it: from the parking, or
     /// from the connection that still pumps it. `Ok(None)` if this server does not have it (any
     /// more); `forbidden` if another principal opened it (a stream opened without a principal
-    /// may be taken by whoever knows its id).
+    /// may be taken by whoever knows its id). `requester` is the resuming connection's own
+    /// signal channel, if it has one.
     pub(crate) async fn take(
         &self,
         stream_id: &str,
         caller: Option<&Principal>,
+        requester: Option<&HandoverSender>,
     ) -> Result<Option<Box<Producer>>, RemoteError> {
         // A connection that is asked for a stream but ends before answering parks it instead:
         // then look again.
@@ -1247,6 +1252,8 @@ impl StreamRegistry {
             let request = Handover {
                 stream_id: Arc::from(stream_id),
                 reply,
+                to_same_connection: requester
+                    .is_some_and(|requester| owner.same_channel(requester)),
             };
             if owner.send(ConnectionSignal::Handover(request)).is_err() {
                 tokio::task::yield_now().await;
@@ -1692,11 +1699,11 @@ mod tests {
             ..ReplayConfig::default()
         });
         registry.park(Arc::from("a"), producer(3, ReplayConfig::default()));
-        assert!(registry.take("a", None).await.unwrap().is_some());
-        assert!(registry.take("a", None).await.unwrap().is_none());
+        assert!(registry.take("a", None, None).await.unwrap().is_some());
+        assert!(registry.take("a", None, None).await.unwrap().is_none());
         registry.park(Arc::from("b"), producer(3, ReplayConfig::default()));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(registry.take("b", None).await.unwrap().is_none());
+        assert!(registry.take("b", None, None).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -1710,7 +1717,7 @@ mod tests {
         }
         assert_eq!(registry.slots().parked, 2);
         assert!(
-            registry.take("c", None).await.unwrap().is_none(),
+            registry.take("c", None, None).await.unwrap().is_none(),
             "over the limit"
         );
         // Ended streams have a budget of their own.
@@ -1724,7 +1731,7 @@ mod tests {
         // The client acknowledging every item releases an ended stream at once.
         registry.acknowledge_ended("e", 0);
         assert_eq!(registry.slots().ended, 0);
-        assert!(registry.take("a", None).await.unwrap().is_some());
+        assert!(registry.take("a", None, None).await.unwrap().is_some());
         assert_eq!(registry.slots().parked, 1);
         // Parking a stream again (it ended after a resume) does not count it twice.
         registry.park(Arc::from("b"), endless(ReplayConfig::default()));
@@ -1751,7 +1758,11 @@ mod tests {
         assert_eq!(next_envelopes(&mut pump, 2).await.len(), 2);
         registry.park(Arc::from("p"), pump.take_producer().unwrap());
         settle().await;
-        let mut producer = registry.take("p", None).await.unwrap().expect("parked");
+        let mut producer = registry
+            .take("p", None, None)
+            .await
+            .unwrap()
+            .expect("parked");
         assert_eq!(producer.sequence, 5, "items 3..=5 were pulled while parked");
         assert!(producer.resume_after(1));
         let (seen, _) = sequence_numbers(producer, 4).await;
@@ -1780,7 +1791,11 @@ mod tests {
         settle().await;
         // Unacknowledged: 3..=12, the window.
         assert_eq!(pulled.load(Ordering::SeqCst), 12);
-        let mut producer = registry.take("w", None).await.unwrap().expect("parked");
+        let mut producer = registry
+            .take("w", None, None)
+            .await
+            .unwrap()
+            .expect("parked");
         assert_eq!(producer.sequence, 12);
         assert!(producer.resume_after(2), "everything pulled is kept");
         // Once resumed, it goes on past the window as the client acknowledges.
@@ -1822,7 +1837,11 @@ mod tests {
             registry.park(Arc::from("n"), pump.take_producer().unwrap());
             settle().await;
             assert_eq!(pulled.load(Ordering::SeqCst), stop);
-            let mut producer = registry.take("n", None).await.unwrap().expect("parked");
+            let mut producer = registry
+                .take("n", None, None)
+                .await
+                .unwrap()
+                .expect("parked");
             assert!(
                 producer.resume_after(0),
                 "nothing the client may not have seen was dropped"
@@ -1841,7 +1860,7 @@ mod tests {
             let slots = registry.slots();
             assert_eq!((slots.parked, slots.ended), (0, 1));
         }
-        let mut producer = registry.take("e", None).await.unwrap().expect("kept");
+        let mut producer = registry.take("e", None, None).await.unwrap().expect("kept");
         assert!(producer.resume_after(0));
         let registry = StreamRegistry::new(ReplayConfig::default());
         let mut pump = Pump::new(Arc::from("e"), 1, Encoding::Json, producer, registry, FRAME);
@@ -1900,7 +1919,7 @@ mod tests {
             assert_eq!(&*request.stream_id, "c");
             let _ = request.reply.send(producer);
         });
-        assert!(registry.take("c", None).await.unwrap().is_some());
+        assert!(registry.take("c", None, None).await.unwrap().is_some());
         owner.await.unwrap();
     }
 }
