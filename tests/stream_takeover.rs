@@ -240,15 +240,15 @@ async fn a_stream_resumed_on_its_own_connection_goes_on_without_an_error(wire: W
     // same id, and no `streamError` comes before it (nor for a while after).
     loop {
         match next(&mut alice_in).await {
-            Envelope::StreamData(data) if *data.stream_id == *stream_id => {
-                if data.sequence_number == 1 {
-                    break;
-                }
+            Envelope::StreamData(data)
+                if *data.stream_id == *stream_id && data.sequence_number == 1 =>
+            {
+                break;
             }
-            Envelope::StreamBatch(batch) if *batch.stream_id == *stream_id => {
-                if batch.first_sequence == 1 {
-                    break;
-                }
+            Envelope::StreamBatch(batch)
+                if *batch.stream_id == *stream_id && batch.first_sequence == 1 =>
+            {
+                break;
             }
             Envelope::StreamError(failure) => panic!("the stream failed: {}", failure.error),
             _ => {}
