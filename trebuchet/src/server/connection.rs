@@ -102,7 +102,11 @@ where
     };
     let check = Arc::new(ResumeCheck::default());
     let mut call = Call::new(invocation, connection.clone());
-    call.slot = Some(slots.take());
+    // The resume holds one of the connection's slots until the stream is taken over (which can
+    // wait for another connection's handover), so a connection's pending resumes are bounded by
+    // its in-flight limit like its calls.
+    let slot = slots.take();
+    call.slot = Some(slot.clone());
     call.resume = Some(check.clone());
     let checked = match service.ready().await {
         Ok(service) => service.call(call).boxed(),
@@ -129,6 +133,7 @@ where
                 None => Resumed::Answered(Ok(reply)),
             },
         };
+        drop(slot);
         (resume, encoding, resumed)
     })
 }
