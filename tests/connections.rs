@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -434,4 +435,48 @@ async fn websocket_calls_over_the_servers_limit_are_refused_before_sending() {
 #[tokio::test]
 async fn tcp_calls_over_the_servers_limit_are_refused_before_sending() {
     calls_over_the_servers_limit_are_refused_before_sending(Kind::Tcp).await;
+}
+
+/// A client that sends calls with large answers and then reads nothing: the server's writes to
+/// it stall, and after the idle timeout without progress the server gives the connection up
+/// (the idle timeout alone would not: it is watched while the server reads, and a server
+/// stuck in a write does not read).
+async fn a_client_that_stops_reading_is_given_up(wire: raw::Wire) {
+    let kind = match wire {
+        raw::Wire::WebSocket => Kind::WebSocketBincode,
+        raw::Wire::Tcp => Kind::Tcp,
+    };
+    let bed = Bed::start_configured(
+        kind,
+        ClientConfig::default(),
+        idle_server(Duration::from_millis(500)),
+    )
+    .await;
+    open_connections(&bed, 1).await;
+    let (mut sender, receiver) = raw::connect(wire, bed.server.as_ref().unwrap()).await;
+    open_connections(&bed, 2).await;
+    // 32 answers of 512 KiB: more than the socket buffers of both sides hold.
+    let args = trebuchet::Payload::encode(&(512u64 * 1024,), trebuchet::Encoding::Bincode).unwrap();
+    for call_id in 1..=32 {
+        sender
+            .feed(&raw::invocation(call_id, "probe", "blob", args.clone()))
+            .await;
+    }
+    sender.flush().await;
+    // Never read, never close: the server gives up on its own.
+    open_connections(&bed, 1).await;
+    drop((sender, receiver));
+    // The bed's own client is unaffected.
+    let probe: ProbeClient = bed.client.actor("probe");
+    assert_eq!(probe.echo("still here".into()).await.unwrap(), "still here");
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_stops_reading_is_given_up() {
+    a_client_that_stops_reading_is_given_up(raw::Wire::WebSocket).await;
+}
+
+#[tokio::test]
+async fn a_tcp_client_that_stops_reading_is_given_up() {
+    a_client_that_stops_reading_is_given_up(raw::Wire::Tcp).await;
 }

@@ -26,6 +26,7 @@ use crate::server::streams::{
     ConnectionSignal, Handover, HandoverSender, PUMP_BATCH, Producer, Pump, StreamOptions,
     StreamRegistry,
 };
+use crate::server::write_deadline::WriteDeadline;
 use crate::server::{Call, ConnectionInfo, ResumeCheck, ServerConfig};
 use crate::stream::Reply;
 use crate::transport::{FrameError, FrameIo};
@@ -179,7 +180,7 @@ pub(crate) enum Ending {
 /// peer leaves are parked in `registry`, for the client to resume on another connection.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_connection<Io, S>(
-    mut io: Io,
+    io: Io,
     mut service: S,
     connection: Arc<ConnectionInfo>,
     config: ServerConfig,
@@ -192,6 +193,8 @@ where
     S: Service<Call, Response = Reply, Error = RemoteError> + Send,
     S::Future: Send + 'static,
 {
+    // A peer that reads nothing for the idle timeout is given up on, as one that sends nothing.
+    let mut io = WriteDeadline::new(io, config.idle_timeout);
     // Every call holds a slot until it is finished, including a started call whose caller
     // stopped waiting: no new call is read while they are all taken.
     let slots = CallSlots::new(

@@ -28,6 +28,7 @@ use crate::tls::TlsServerConfig;
 mod accept;
 pub(crate) mod connection;
 pub(crate) mod streams;
+mod write_deadline;
 
 pub(crate) use accept::refusal_message;
 use accept::{AcceptBackoff, Admission, Admitted};
@@ -319,6 +320,8 @@ pub struct ServerConfig {
     /// `None` keeps silent connections open). WebSocket clients are sent a ping after half of it,
     /// which any WebSocket client answers; the Rust client also sends keepalives of its own (a
     /// WebSocket ping, an empty TCP frame), at a third of the timeout the server announces.
+    /// A connection whose peer has read nothing of what the server writes for this long (a
+    /// write waiting for room all that time) is closed too.
     pub idle_timeout: Option<Duration>,
     /// The most client connections open at once, handshakes included (default 10,000; keep it
     /// below the process's open-file limit). Past it a new connection is refused at once: a
