@@ -659,6 +659,17 @@ impl Pump {
         };
         let item_encoding = producer.item_encoding;
         if let Some((sequence_number, data)) = producer.to_replay.pop_front() {
+            // Sent before under a larger limit (the client reconnected announcing a smaller
+            // one): it ends the stream as a live item of its size would, never as a frame the
+            // client refuses (which would have it reconnect and be replayed the same again).
+            if data.as_bytes().len() > max_item_size {
+                let error = item_too_large(sequence_number, data.as_bytes().len(), max_item_size);
+                let error = numbered_gap(error, sequence_number - 1);
+                producer.to_replay.clear();
+                producer.items = ItemStream::empty();
+                producer.terminal = Some(Terminal::Failed(error.clone()));
+                return Poll::Ready(Some(StreamEvent::Failed(error)));
+            }
             let run =
                 run.get_or_insert_with(|| start_run(buffer, stream_id, *encoding, sequence_number));
             let span = append_item(run, buffer, item_encoding, |out| {
@@ -689,15 +700,9 @@ impl Pump {
                     let start = out.len();
                     match producer.items.poll_write(cx, out) {
                         Poll::Ready(Some(Ok(()))) if out.len() - start > max_item_size => {
-                            outcome = Poll::Ready(Some(Err(RemoteError::new(
-                                ErrorCode::PayloadTooLarge,
-                                format!(
-                                    "stream item {sequence_number} of {} bytes does not fit the \
-                                     frame limit of {} bytes; the stream ends here",
-                                    out.len() - start,
-                                    max_item_size
-                                ),
-                            ))));
+                            let error =
+                                item_too_large(sequence_number, out.len() - start, max_item_size);
+                            outcome = Poll::Ready(Some(Err(error)));
                             Err(())
                         }
                         Poll::Ready(Some(Ok(()))) => Ok(()),
@@ -741,6 +746,17 @@ impl Pump {
             registry.park(self.stream_id.clone(), producer);
         }
     }
+}
+
+/// The error that ends a stream at an item too large for a frame of the connection's.
+fn item_too_large(sequence_number: u64, size: usize, max_item_size: usize) -> RemoteError {
+    RemoteError::new(
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "stream item {sequence_number} of {size} bytes does not fit the frame limit of \
+             {max_item_size} bytes; the stream ends here"
+        ),
+    )
 }
 
 /// An actor's stream that reports a gap (a [`crate::StreamGap`] error, e.g. a
@@ -1540,6 +1556,26 @@ mod tests {
         let envelopes = next_envelopes(&mut pump, 64).await;
         let expected = vec![(1, "y".repeat(10)), (2, "y".repeat(20))];
         assert_eq!(items_of(&envelopes), expected);
+        match envelopes.last() {
+            Some(Envelope::StreamError(failure)) => {
+                let error = &failure.error;
+                assert_eq!(error.code, ErrorCode::PayloadTooLarge, "{error}");
+            }
+            other => panic!("expected a stream error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replayed_item_too_large_for_the_new_limit_ends_the_stream() {
+        let sizes = [10usize, 20, 1500, 30, 40];
+        let items = sizes.map(|n| "y".repeat(n));
+        let mut pump = batching_pump(items, Encoding::Bincode, 64, 4000);
+        let envelopes = next_envelopes(&mut pump, 4).await;
+        assert_eq!(items_of(&envelopes).len(), 4);
+        // The client comes back having seen item 1, with a limit item 3 does not fit.
+        let mut pump = resumed(pump, 1, 1000);
+        let envelopes = next_envelopes(&mut pump, 64).await;
+        assert_eq!(items_of(&envelopes), vec![(2, "y".repeat(20))]);
         match envelopes.last() {
             Some(Envelope::StreamError(failure)) => {
                 let error = &failure.error;
