@@ -20,14 +20,12 @@ use trebuchet_aws::{DynamoDbStateStore, LambdaTransport};
 mod counter_actor;
 use counter_actor::{Counter, CounterClient, CounterError, PersistentCounter};
 
+#[path = "shared/logging.rs"]
+mod logging;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .without_time() // Lambda's log lines have their own time
-        .init();
+    logging::init();
 
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args

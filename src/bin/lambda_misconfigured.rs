@@ -15,14 +15,12 @@ use trebuchet_aws::config::{required_var, sdk_config};
 mod actors;
 use actors::{Counter, StoredCounter};
 
+#[path = "shared/logging.rs"]
+mod logging;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .without_time()
-        .init();
+    logging::init();
     trebuchet_aws::lambda::serve_with_init(async {
         let table = required_var(
             "MISCONFIGURED_STATE_TABLE",

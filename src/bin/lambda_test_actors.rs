@@ -36,14 +36,12 @@ impl Inspect for Inspector {
     }
 }
 
+#[path = "shared/logging.rs"]
+mod logging;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .without_time()
-        .init();
+    logging::init();
     trebuchet_aws::lambda::serve_with_init(async {
         let store: Arc<dyn ActorStateStore> = Arc::new(DynamoDbStateStore::from_env().await?);
         let system = ActorSystem::new();
